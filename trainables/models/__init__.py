@@ -65,8 +65,10 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
-def save_model_dir(directory: str | Path, model: nn.Module, text_encoder: TextEncoder, model_cfg: Any, meta: dict) -> None:
-    """Write weights, options and tokenizer so ``load_model_dir`` can rebuild the model offline."""
+def save_model_dir(directory: str | Path, model: nn.Module, text_encoder: TextEncoder, model_cfg: Any, meta: dict,
+                   state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
+    """Write weights (``state_dict`` or the model's own), options and tokenizer so
+    ``load_model_dir`` can rebuild the model offline."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = model_cfg.model_dump(mode="json") if hasattr(model_cfg, "model_dump") else dict(vars(model_cfg))
@@ -74,7 +76,8 @@ def save_model_dir(directory: str | Path, model: nn.Module, text_encoder: TextEn
     if cfg["kind"] == "hf" and encoder is not None:
         encoder.config.save_pretrained(directory / HF_CONFIG_DIR)
     text_encoder.save(directory)
-    _atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, directory / MODEL_FILE)
+    weights = state_dict if state_dict is not None else model.state_dict()
+    _atomic_torch_save({k: v.detach().cpu() for k, v in weights.items()}, directory / MODEL_FILE)
     (directory / META_FILE).write_text(json.dumps({**meta, "model": cfg}, indent=2))
 
 

@@ -1,0 +1,163 @@
+"""Command line: run | test | predict | info.
+
+Bad input (config, data, run directory) prints one line naming the file, key or row and exits 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.artifacts import RunDir, RunDirError
+from orchestrator.config import ConfigError, load_config
+from orchestrator.data import DataError
+
+USER_ERRORS = (ConfigError, DataError, RunDirError)
+console = Console(stderr=False, highlight=False)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orchestrator", description="Ray-distributed text-classification experiments.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an experiment YAML on Ray")
+    run.add_argument("config", help="experiment YAML file")
+    run.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    mode = run.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue an existing run directory (same config)")
+    mode.add_argument("--overwrite", action="store_true", help="delete an existing run directory and start over")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=1 (YAML value)")
+
+    test = sub.add_parser("test", help="evaluate a run on its test split or a file")
+    test.add_argument("run", help="run directory")
+    test.add_argument("--file", help="labelled data file (same columns as the experiment) instead of the saved test split")
+    test.add_argument("--out", help="report folder (default: <run>/test)")
+
+    predict = sub.add_parser("predict", help="predict labels: interactive lines, or a file in batch")
+    predict.add_argument("run", help="run directory")
+    predict.add_argument("--file", help="text file, one text per line (default: read lines interactively from stdin)")
+    predict.add_argument("--top", type=int, default=3, help="top probabilities to show")
+
+    info = sub.add_parser("info", help="print the resolved config and model size")
+    info.add_argument("config", help="experiment YAML file")
+    return parser
+
+
+def _overrides(pairs: Sequence[str]) -> dict:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {pair!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def cmd_run(args) -> int:
+    from orchestrator.pipeline import run_experiment
+
+    cfg = load_config(args.config, _overrides(args.set))
+    summary = run_experiment(cfg, resume=args.resume, overwrite=args.overwrite, address=args.address, log=console.print)
+    print_summary(summary)
+    return 0
+
+
+def print_summary(summary) -> None:
+    table = Table(title=f"run {summary.run.root}", show_lines=False)
+    for col in ("fold", "best epoch", "val macro-F1", "val accuracy", "train time (s)"):
+        table.add_column(col, justify="right")
+    for r in summary.folds:
+        table.add_row(str(r.fold), str(r.best["epoch"]), f"{r.best['val_macro_f1']:.4f}", f"{r.best['val_accuracy']:.4f}", f"{r.train_time_s:.0f}")
+    console.print(table)
+    m = summary.test_metrics
+    if summary.oof_metrics:
+        console.print(f"out-of-fold macro-F1 {summary.oof_metrics['macro_f1']:.4f}")
+    console.print(f"test: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  micro-F1 {m['micro_f1']:.4f}  weighted-F1 {m['weighted_f1']:.4f}")
+    console.print(f"artifacts: {summary.run.root}/ (manifest.json, folds/*/model, test/ report, badcases.csv)")
+
+
+def cmd_test(args) -> int:
+    from orchestrator.ensemble import Ensemble
+    from orchestrator.pipeline import evaluate_split, load_saved_split
+    from orchestrator.report import print_report
+
+    run = RunDir.open(args.run)
+    ensemble = Ensemble(run.fold_model_dirs())
+    if args.file:
+        from orchestrator.data import read_labelled_file
+
+        split = read_labelled_file(run.config().data, args.file, ensemble.classes)
+    else:
+        path = run.root / "data" / "test.jsonl"
+        split = load_saved_split(path if path.is_file() else run.root / "data" / "val.jsonl", ensemble.classes, ensemble.multilabel)
+    out = Path(args.out) if args.out else run.test_dir
+    metrics = evaluate_split(run, ensemble, split, ensemble.classes, ensemble.multilabel, out_dir=out)
+    print_report(metrics, out, console=console)
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from orchestrator.ensemble import Ensemble
+
+    run = RunDir.open(args.run)
+    ensemble = Ensemble(run.fold_model_dirs())
+    if args.file:
+        texts = [line.rstrip("\n") for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        for text, line in zip(texts, _predict_lines(ensemble, texts, args.top)):
+            print(json.dumps({"text": text, **line}, ensure_ascii=False))
+        return 0
+    interactive = sys.stdin.isatty()
+    if interactive:
+        console.print(f"[bold]{run.root}[/]: type a text and press Enter (Ctrl-D to quit)")
+    for raw in sys.stdin:
+        text = raw.strip()
+        if text:
+            line = _predict_lines(ensemble, [text], args.top)[0]
+            top = ", ".join(f"{name} {p:.3f}" for name, p in line["top"])
+            print(f"{','.join(line['labels'])}\t{top}", flush=True)
+    return 0
+
+
+def _predict_lines(ensemble, texts: list[str], top: int) -> list[dict]:
+    pred = ensemble.predict(texts)
+    out = []
+    for labels, probs in zip(pred.labels, pred.probs):
+        order = probs.argsort()[::-1][:top]
+        out.append({"labels": labels, "top": [(ensemble.classes[j], round(float(probs[j]), 4)) for j in order]})
+    return out
+
+
+def cmd_info(args) -> int:
+    from orchestrator.modelinfo import model_info
+
+    cfg = load_config(args.config)
+    console.print_json(json.dumps(cfg.model_dump(mode="json")))
+    info = model_info(cfg)
+    console.print(f"model: {info['description']}  parameters: {info['parameters']:,}  size: {info['size_mb']:.1f} MB (fp32)")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "test": cmd_test, "predict": cmd_predict, "info": cmd_info}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

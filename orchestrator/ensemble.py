@@ -1,0 +1,70 @@
+"""The fold ensemble: K model directories that share one text encoder; logits are averaged.
+
+Multiclass: mean of the K logit vectors, then softmax. Multilabel: mean of the K sigmoid
+probabilities, then the threshold (averaging logits would let one confident fold dominate).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from trainables.inference import predict_logits
+from trainables.metrics import predict_labels, probabilities
+from trainables.models import load_model_dir
+from trainables.tokenization import TextEncoder
+
+
+@dataclass
+class Prediction:
+    labels: list[list[str]]           # predicted class names per text (one for multiclass)
+    probs: np.ndarray                 # [N, C] probabilities
+    truncated: list[bool]             # text longer than the model's max_length
+
+
+class Ensemble:
+    """Loads fold models once; ``fold_logits`` gives per-fold outputs, ``predict`` the ensemble."""
+
+    def __init__(self, model_dirs: Sequence[str | Path], device: Optional[str] = None):
+        if not model_dirs:
+            raise FileNotFoundError("no trained fold models found")
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        loaded = [load_model_dir(d, self.device) for d in model_dirs]
+        self.models = [m for m, _, _ in loaded]
+        self.encoder: TextEncoder = loaded[0][1]
+        self.meta = loaded[0][2]
+        self.classes: list[str] = self.meta["classes"]
+        self.multilabel: bool = self.meta["multilabel"]
+        self.threshold: float = self.meta.get("threshold", 0.5)
+        self.model_dirs = [str(d) for d in model_dirs]
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.encoder.encode(texts)
+
+    def fold_logits(self, ids: Sequence[Sequence[int]], batch_size: int = 64) -> np.ndarray:
+        """[K, N, C] logits of every fold model."""
+        return np.stack([predict_logits(m, ids, self.encoder.pad_id, batch_size, self.device) for m in self.models])
+
+    def combine(self, fold_logits: np.ndarray) -> np.ndarray:
+        """[N, C] ensemble probabilities from [K, N, C] fold logits."""
+        if self.multilabel:
+            return np.mean([probabilities(l, True) for l in fold_logits], axis=0)
+        return probabilities(fold_logits.mean(0), False)
+
+    def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        return self.combine(self.fold_logits(self.encode(texts), batch_size))
+
+    def predict(self, texts: Sequence[str], batch_size: int = 64) -> Prediction:
+        ids = self.encode(texts)
+        probs = self.combine(self.fold_logits(ids, batch_size))
+        return Prediction(self.names(probs), probs, [len(x) >= self.encoder.max_length for x in ids])
+
+    def names(self, probs: np.ndarray) -> list[list[str]]:
+        """Class names per row: argmax, or every class over the threshold (multilabel)."""
+        picked = predict_labels(probs, self.multilabel, self.threshold)
+        if self.multilabel:
+            return [[self.classes[j] for j in np.flatnonzero(row)] for row in picked]
+        return [[self.classes[int(j)]] for j in picked]

@@ -1,0 +1,139 @@
+"""The experiment as stages: data -> train folds -> evaluate (OOF + test) -> summary.
+
+Each stage records its status in manifest.json; ``--resume`` skips folds that finished.
+Ray is started (or joined with ``address``) once, here, and nowhere else.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from orchestrator.artifacts import RunDir, write_json
+from orchestrator.atomic import atomic_write_text
+from orchestrator.config import ExperimentConfig
+from orchestrator.data import Dataset, Split, kfold_splits, load_dataset, load_stop_words
+from orchestrator.ensemble import Ensemble
+from orchestrator.report import write_test_report
+from orchestrator.training import FoldResult, fit_fold, fold_data, label_array, load_fold_result, model_meta
+from trainables.inference import predict_logits
+from trainables.metrics import compute_metrics, probabilities
+from trainables.models import build_text_encoder
+
+
+@dataclass
+class RunSummary:
+    run: RunDir
+    folds: list[FoldResult]
+    test_metrics: dict
+    oof_metrics: Optional[dict]
+
+
+def init_ray(address: Optional[str] = None) -> None:
+    """Start a local Ray (all cores) or join ``address``; no-op when already connected."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+
+
+def save_split(path: Path, split: Split, classes: list[str], multilabel: bool) -> None:
+    """A split as JSONL of {text, label(s) by name}: test/predict read it without the source files."""
+    def names(label):
+        return [classes[i] for i in label] if multilabel else classes[label]
+    lines = (json.dumps({"text": t, "label": names(l)}, ensure_ascii=False) for t, l in zip(split.texts, split.labels))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def load_saved_split(path: Path, classes: list[str], multilabel: bool) -> Split:
+    index = {c: i for i, c in enumerate(classes)}
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    labels = [sorted(index[n] for n in r["label"]) if multilabel else index[r["label"]] for r in rows]
+    return Split([r["text"] for r in rows], labels)
+
+
+def fold_plan(dataset: Dataset, folds: int, seed: int) -> tuple[Split, list[tuple[np.ndarray, np.ndarray]]]:
+    """(pool, [(train_idx, val_idx)]): folds=1 is the given train/val; K>1 is stratified K-fold over train+val."""
+    pool = Split(dataset.train.texts + dataset.val.texts, dataset.train.labels + dataset.val.labels)
+    n_train = len(dataset.train.texts)
+    if folds == 1:
+        return pool, [(np.arange(n_train), np.arange(n_train, len(pool.texts)))]
+    return pool, kfold_splits(pool.labels, folds, seed, dataset.multilabel)
+
+
+def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False,
+                   address: Optional[str] = None, log=print) -> RunSummary:
+    """Run every stage of the experiment; raises DataError/ConfigError/RunDirError before writing anything."""
+    dataset = load_dataset(cfg.data, cfg.seed)
+    run = RunDir.create(cfg, resume=resume, overwrite=overwrite)
+    run.update("data", "done", classes=dataset.classes, multilabel=dataset.multilabel,
+               sizes={"train": len(dataset.train.texts), "val": len(dataset.val.texts),
+                      "test": len(dataset.test.texts) if dataset.test else 0})
+    for name in ("train", "val", "test"):
+        split = getattr(dataset, name)
+        if split is not None:
+            save_split(run.root / "data" / f"{name}.jsonl", split, dataset.classes, dataset.multilabel)
+
+    init_ray(address)
+    stop_words = load_stop_words(cfg.data.stop_words) if cfg.data.stop_words else []
+    encoder = build_text_encoder(cfg.model, dataset.train.texts, stop_words)
+    pool, plan = fold_plan(dataset, cfg.cv.folds, cfg.seed)
+    ids = encoder.encode(pool.texts)
+    num_classes = len(dataset.classes)
+    labels = label_array(pool.labels, num_classes, dataset.multilabel)
+    meta = model_meta(cfg, dataset)
+
+    results = []
+    for fold, (train_idx, val_idx) in enumerate(plan):
+        done = load_fold_result(run, fold) if resume else None
+        if done is not None:
+            log(f"fold {fold}: already trained, skipped (best {done.best.get('val_' + cfg.train.metric):.4f})")
+            results.append(done)
+            continue
+        log(f"fold {fold + 1}/{len(plan)}: training {cfg.model.kind}:{cfg.model.name if cfg.model.kind != 'small' else cfg.model.arch} "
+            f"on {len(train_idx)} texts, validating on {len(val_idx)}")
+        run.update("train", "running", fold=fold)
+        payload = {"data": fold_data(ids, labels, train_idx, val_idx, encoder, num_classes, dataset.multilabel),
+                   "text_encoder": encoder, "meta": meta}
+        results.append(fit_fold(cfg, run, fold, payload))
+    run.update("train", "done", folds=len(results),
+               metrics={f"fold{r.fold}_val_{cfg.train.metric}": r.best[f"val_{cfg.train.metric}"] for r in results})
+
+    ensemble = Ensemble([r.model_dir for r in results])
+    oof = evaluate_oof(run, ensemble, ids, labels, plan, dataset) if cfg.cv.folds > 1 else None
+    test_split = dataset.test or dataset.val
+    test_metrics = evaluate_split(run, ensemble, test_split, dataset.classes, dataset.multilabel)
+    run.update("test", "done", split="test" if dataset.test else "val",
+               metrics={f"test_{k}": v for k, v in test_metrics.items() if isinstance(v, float)})
+    return RunSummary(run, results, test_metrics, oof)
+
+
+def evaluate_oof(run: RunDir, ensemble: Ensemble, ids, labels: np.ndarray, plan, dataset: Dataset) -> dict:
+    """Out-of-fold predictions: each pooled row scored by the one fold model that did not train on it."""
+    oof = np.zeros((len(ids), len(dataset.classes)), dtype=np.float32)
+    covered = np.zeros(len(ids), dtype=int)
+    for model, (_, val_idx) in zip(ensemble.models, plan):
+        oof[val_idx] = predict_logits(model, [ids[i] for i in val_idx], ensemble.encoder.pad_id, 64, ensemble.device)
+        covered[val_idx] += 1
+    np.save(run.root / "oof_logits.npy", oof)
+    metrics = compute_metrics(labels, probabilities(oof, dataset.multilabel), dataset.multilabel, ensemble.threshold)
+    metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    write_json(run.root / "oof_metrics.json", {**metrics, "rows": len(ids), "rows_covered_once": int((covered == 1).sum())})
+    run.update("oof", "done", metrics={f"oof_{k}": v for k, v in metrics.items()})
+    return metrics
+
+
+def evaluate_split(run: RunDir, ensemble: Ensemble, split: Split, classes: list[str], multilabel: bool,
+                   out_dir: Optional[Path] = None) -> dict:
+    """Ensemble report on a split: per-class table, confusion matrix, badcases, metrics.json."""
+    gold = label_array(split.labels, len(classes), multilabel)
+    probs = ensemble.predict_proba(split.texts)
+    return write_test_report(out_dir or run.test_dir, split.texts, gold, probs, classes, multilabel, ensemble.threshold)

@@ -1,0 +1,123 @@
+"""Fold preparation and one Ray Train TorchTrainer per fold.
+
+The driver tokenizes once, puts each fold's ids in the object store and fits a TorchTrainer whose
+workers run ``trainables.ray_worker.train_fold_worker``. A fold's best model is copied from its
+last Ray checkpoint into ``folds/<k>/model``. Runs are named ``fold_<k>`` under the run's own
+storage path (no timestamps), so re-running resumes from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from orchestrator.artifacts import RunDir, write_json
+from orchestrator.config import ExperimentConfig
+from orchestrator.data import Dataset, label_matrix
+from trainables.loop import FoldData
+from trainables.tokenization import TextEncoder
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    model_dir: Path
+    history: list[dict]
+    best: dict
+    train_time_s: float
+
+
+def label_array(labels: Sequence, num_classes: int, multilabel: bool) -> np.ndarray:
+    """Class ids [N] (multiclass) or multi-hot float rows [N, C] (multilabel)."""
+    return label_matrix(labels, num_classes) if multilabel else np.asarray(labels, dtype=np.int64)
+
+
+def fold_data(ids: list[list[int]], labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
+              encoder: TextEncoder, num_classes: int, multilabel: bool) -> FoldData:
+    return FoldData(
+        train_ids=[ids[i] for i in train_idx], train_labels=labels[train_idx],
+        val_ids=[ids[i] for i in val_idx], val_labels=labels[val_idx],
+        pad_id=encoder.pad_id, num_classes=num_classes, multilabel=multilabel,
+    )
+
+
+def model_meta(cfg: ExperimentConfig, dataset: Dataset) -> dict:
+    """What a model directory records besides weights: classes and how to read outputs."""
+    return {"classes": dataset.classes, "multilabel": dataset.multilabel, "threshold": cfg.train.threshold,
+            "experiment": cfg.name}
+
+
+def use_gpu(cfg: ExperimentConfig) -> bool:
+    import ray
+
+    if cfg.train.use_gpu == "auto":
+        return ray.cluster_resources().get("GPU", 0) > 0
+    return cfg.train.use_gpu == "yes"
+
+
+def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, fold: int, payload_ref: Any, callbacks: Sequence = (),
+                        resume_from: Optional[str] = None):
+    """A TorchTrainer for one fold, storing under the run directory as ``fold_<k>``."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from trainables.ray_worker import train_fold_worker
+
+    gpu = use_gpu(cfg)
+    return TorchTrainer(
+        train_fold_worker,
+        train_loop_config={"payload": payload_ref, "train": cfg.train.model_dump(mode="json"),
+                           "model": cfg.model.model_dump(mode="json"), "seed": cfg.seed, "resume_from": resume_from},
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=gpu,
+                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if gpu else {})}),
+        run_config=RunConfig(
+            name=f"fold_{fold}", storage_path=str(run.ray_storage), callbacks=list(callbacks),
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
+            failure_config=FailureConfig(max_failures=2),
+        ),
+    )
+
+
+def collect_fold(run: RunDir, fold: int, result: Any, started: float) -> FoldResult:
+    """Copy the best model out of the fold's last checkpoint and record its history."""
+    from trainables.ray_worker import BEST_DIR, load_train_state
+
+    if result.checkpoint is None:
+        raise RuntimeError(f"fold {fold}: training reported no checkpoint")
+    target = run.model_dir(fold)
+    with result.checkpoint.as_directory() as ckpt:
+        history = load_train_state(ckpt)["fit_state"]["history"]
+        tmp = target.with_name(".model.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(Path(ckpt) / BEST_DIR, tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    metric = f"val_{run.config().train.metric}"
+    pick = min if metric == "val_loss" else max
+    best = pick(history, key=lambda h: h[metric])
+    elapsed = time.perf_counter() - started
+    write_json(run.fold_dir(fold) / "history.json", {"history": history, "best": best, "train_time_s": elapsed})
+    return FoldResult(fold, target, history, best, elapsed)
+
+
+def load_fold_result(run: RunDir, fold: int) -> Optional[FoldResult]:
+    """A fold finished by an earlier (resumed) run, or None."""
+    path = run.fold_dir(fold) / "history.json"
+    if not (path.is_file() and (run.model_dir(fold) / "model.json").is_file()):
+        return None
+    info = json.loads(path.read_text())
+    return FoldResult(fold, run.model_dir(fold), info["history"], info["best"], info["train_time_s"])
+
+
+def fit_fold(cfg: ExperimentConfig, run: RunDir, fold: int, payload: dict, resume_from: Optional[str] = None) -> FoldResult:
+    """Train one fold through Ray Train and collect its best model."""
+    import ray
+
+    started = time.perf_counter()
+    trainer = build_torch_trainer(cfg, run, fold, ray.put(payload), resume_from=resume_from)
+    return collect_fold(run, fold, trainer.fit(), started)

@@ -1,0 +1,248 @@
+"""THE training loop: one fold, any model kind, every trick through hooks.
+
+Plain PyTorch: no Ray, no YAML, no HTTP. ``trainables/ray_worker.py`` runs it inside Ray Train;
+a notebook can call ``Trainer(...).fit()`` directly.
+
+Order of one optimizer step (nanoGPT style): micro-batches (forward, loss, backward, adversarial
+hooks) -> unscale -> clip -> step -> scheduler -> zero_grad -> averaging hooks. Evaluation and the
+best checkpoint happen at epoch ends, inside the hooks' ``eval_weights`` (EMA/SWA weights).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainables.hooks import HookList, TrainState
+from trainables.inference import predict_logits
+from trainables.losses import build_loss
+from trainables.metrics import compute_metrics, probabilities
+from trainables.optim import build_optimizer, build_scheduler
+from trainables.tokenization import BucketBatchSampler, collate
+from trainables.tricks import build_hooks
+
+
+@dataclass
+class FoldData:
+    """Token ids and labels of one fold (labels: class ids, or multi-hot rows when multilabel)."""
+
+    train_ids: list[list[int]]
+    train_labels: np.ndarray
+    val_ids: list[list[int]]
+    val_labels: np.ndarray
+    pad_id: int
+    num_classes: int
+    multilabel: bool = False
+
+    def class_counts(self) -> list[int]:
+        if self.multilabel:
+            return self.train_labels.sum(0).astype(int).tolist()
+        return np.bincount(self.train_labels, minlength=self.num_classes).tolist()
+
+
+@dataclass
+class EpochResult:
+    """What one epoch reports: metrics, whether it is the best so far, whether to stop."""
+
+    metrics: dict[str, float]
+    improved: bool
+    stop: bool
+
+
+@dataclass
+class FitState:
+    """Everything beyond the model needed to resume exactly at an epoch boundary."""
+
+    epoch: int = 0
+    best_score: Optional[float] = None
+    bad_epochs: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def autocast_factory(amp: str, device: torch.device) -> tuple[Callable[[], contextlib.AbstractContextManager], Optional[torch.amp.GradScaler]]:
+    """(autocast context factory, grad scaler). 'auto' = fp16 on CUDA, off on CPU (bf16 is ~5x slower on CPUs without AMX)."""
+    if amp == "auto":
+        amp = "fp16" if device.type == "cuda" else "off"
+    if amp == "off":
+        return contextlib.nullcontext, None
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    scaler = torch.amp.GradScaler(device.type) if amp == "fp16" and device.type == "cuda" else None
+    return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
+
+
+def epoch_batches(data: FoldData, cfg: Any, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+    """Index batches of one epoch, deterministic in (seed, epoch); rank r of world takes every world-th batch."""
+    n, size = len(data.train_ids), cfg.batch_size
+    if cfg.sampler == "bucket":
+        sampler = BucketBatchSampler([len(x) for x in data.train_ids], size, seed=seed)
+        sampler.set_epoch(epoch)
+        batches = list(sampler)
+    else:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        if cfg.sampler == "weighted":
+            order = torch.multinomial(torch.as_tensor(sample_weights(data), dtype=torch.double), n, replacement=True, generator=gen).tolist()
+        else:
+            order = torch.randperm(n, generator=gen).tolist()
+        batches = [order[i : i + size] for i in range(0, n, size)]
+    return batches[rank::world]
+
+
+def sample_weights(data: FoldData) -> np.ndarray:
+    """WeightedRandomSampler weights: 1/class count (multilabel: of the row's rarest label)."""
+    counts = np.maximum(np.asarray(data.class_counts(), dtype=float), 1.0)
+    if not data.multilabel:
+        return 1.0 / counts[data.train_labels]
+    inv = data.train_labels * (1.0 / counts)
+    return np.where(inv.max(1) > 0, inv.max(1), 1.0 / counts.max())
+
+
+class Trainer:
+    """Trains one model on one fold. ``fit`` yields control to ``on_epoch`` after every epoch."""
+
+    def __init__(self, model: nn.Module, data: FoldData, cfg: Any, seed: int = 42,
+                 device: str | torch.device = "cpu", rank: int = 0, world: int = 1, log: Callable[[str], None] = lambda _: None):
+        self.data, self.cfg, self.seed, self.rank, self.world, self.log = data, cfg, seed, rank, world, log
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.raw_model = getattr(model, "module", model)  # unwrapped when DDP wraps it
+        self.steps_per_epoch = math.ceil(len(epoch_batches(data, cfg, seed, 0, rank, world)) / cfg.grad_accum)
+        optimizer = build_optimizer(self.raw_model, cfg)
+        self.scheduler = build_scheduler(optimizer, cfg, total_steps=self.steps_per_epoch * cfg.epochs)
+        autocast, scaler = autocast_factory(cfg.amp, self.device)
+        loss_fn = build_loss(cfg, data.num_classes, data.multilabel, data.class_counts())
+        self.state = TrainState(model=self.model, optimizer=optimizer, loss_fn=loss_fn, autocast=autocast,
+                                scaler=scaler, grad_accum=cfg.grad_accum)
+        self.hooks: HookList = build_hooks(cfg, data.multilabel)
+        self.fit_state = FitState()
+        self.best_weights: Optional[dict[str, torch.Tensor]] = None
+        self._started = False
+
+    # ---- training ---------------------------------------------------------------------------
+    def fit(self, on_epoch: Callable[["Trainer", EpochResult], None] = lambda *_: None) -> FitState:
+        """Train from the current state to the last epoch or early stop."""
+        if not self._started:
+            self.hooks.on_fit_start(self.state)
+            self._started = True
+        while self.fit_state.epoch < self.cfg.epochs:
+            result = self.run_epoch()
+            on_epoch(self, result)
+            if result.stop:
+                break
+        return self.fit_state
+
+    def run_epoch(self) -> EpochResult:
+        epoch, cfg, state = self.fit_state.epoch, self.cfg, self.state
+        state.epoch = epoch
+        self.model.train()
+        batches = epoch_batches(self.data, cfg, self.seed, epoch, self.rank, self.world)
+        started, seen, loss_sum = time.perf_counter(), 0, 0.0
+        for i, rows in enumerate(batches):
+            batch = self._batch(rows)
+            loss = self.hooks.loss(state, batch)
+            if loss is None:
+                loss = state.compute_loss(batch)
+            state.backward(loss)
+            self.hooks.after_backward(state, batch)
+            loss_sum += loss.item() * len(rows)
+            seen += len(rows)
+            if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches):
+                self._optimizer_step()
+        self.hooks.on_epoch_end(state, epoch)
+        train_time = time.perf_counter() - started
+        with self.hooks.eval_weights(state):
+            metrics = self.evaluate()
+            improved = self._track_best(metrics)
+        metrics.update(epoch=epoch + 1, train_loss=loss_sum / max(seen, 1), epoch_time_s=train_time,
+                       train_samples_per_s=seen / max(train_time, 1e-9), lr=self.scheduler.get_last_lr()[0])
+        self.fit_state.history.append(metrics)
+        self.fit_state.epoch = epoch + 1
+        patience = cfg.early_stopping_patience
+        stop = patience is not None and self.fit_state.bad_epochs >= patience
+        self.log(f"epoch {epoch + 1}/{cfg.epochs} " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("val_")))
+        return EpochResult(metrics, improved, stop)
+
+    def _batch(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+        labels = self.data.train_labels[rows]
+        labels = torch.as_tensor(labels, dtype=torch.float32 if self.data.multilabel else torch.long)
+        batch = collate([self.data.train_ids[r] for r in rows], labels, self.data.pad_id)
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _optimizer_step(self) -> None:
+        state, optimizer = self.state, self.state.optimizer
+        if state.scaler is not None:
+            state.scaler.unscale_(optimizer)
+        if self.cfg.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if state.scaler is not None:
+            state.scaler.step(optimizer)
+            state.scaler.update()
+        else:
+            optimizer.step()
+        self.scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        self.hooks.after_optimizer_step(state)
+
+    # ---- evaluation ---------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss and metrics (val_*) of the current (or averaged) weights."""
+        logits = predict_logits(self.raw_model, self.data.val_ids, self.data.pad_id, self.cfg.eval_batch_size, self.device)
+        labels = torch.as_tensor(self.data.val_labels, dtype=torch.float32 if self.data.multilabel else torch.long)
+        loss = self.state.loss_fn(torch.as_tensor(logits), labels).item()
+        scores = compute_metrics(self.data.val_labels, probabilities(logits, self.data.multilabel), self.data.multilabel, self.cfg.threshold)
+        return {"val_loss": loss, **{f"val_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))}}
+
+    def _track_best(self, metrics: dict[str, float]) -> bool:
+        """Keep a CPU copy of the best weights (called inside eval_weights, so EMA/SWA count)."""
+        score = metrics[f"val_{self.cfg.metric}"]
+        best = self.fit_state.best_score
+        improved = best is None or (score < best if self.cfg.metric == "loss" else score > best)
+        if improved:
+            self.fit_state.best_score, self.fit_state.bad_epochs = score, 0
+            self.best_weights = {k: v.detach().cpu().clone() for k, v in self.raw_model.state_dict().items()}
+        else:
+            self.fit_state.bad_epochs += 1
+        return improved
+
+    # ---- checkpoint / resume ----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Full training state at an epoch boundary: resuming from it continues bit-for-bit."""
+        return {
+            "model": self.raw_model.state_dict(),
+            "optimizer": self.state.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.state.scaler.state_dict() if self.state.scaler is not None else None,
+            "hooks": self.hooks.state_dict(),
+            "step": self.state.step,
+            "fit_state": copy.deepcopy(vars(self.fit_state)),
+            "best_weights": self.best_weights,
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+            "started": self._started,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.raw_model.load_state_dict(state["model"])
+        self.state.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.state.scaler is not None and state["scaler"] is not None:
+            self.state.scaler.load_state_dict(state["scaler"])
+        self.hooks.load_state_dict(state["hooks"])
+        self.state.step = state["step"]
+        self.fit_state = FitState(**state["fit_state"])
+        self.best_weights = state["best_weights"]
+        self._started = state["started"]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])

@@ -1,0 +1,82 @@
+"""Ray Train entry point: the only module of trainables/ that imports Ray.
+
+``train_fold_worker(config)`` runs on every TorchTrainer worker: it builds the model, resumes from
+Ray's checkpoint after a worker failure (or from ``resume_from`` for incremental training), runs
+``Trainer.fit`` and reports each epoch's metrics with a checkpoint holding the full training state
+(``train_state.pt``) and the best model so far (``best/``, a model directory).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import ray
+import ray.train
+import ray.train.torch
+import torch
+
+from trainables.loop import FoldData, Trainer
+from trainables.models import build_model, save_model_dir
+
+TRAIN_STATE = "train_state.pt"
+BEST_DIR = "best"
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def write_checkpoint(directory: Path, trainer: Trainer, payload: dict, model_cfg: Any) -> None:
+    """train_state.pt (exact resume) + best/ (the best model so far, loadable on its own)."""
+    torch.save(trainer.state_dict(), directory / TRAIN_STATE)
+    if trainer.best_weights is not None:
+        save_model_dir(directory / BEST_DIR, trainer.raw_model, payload["text_encoder"], model_cfg,
+                       payload["meta"], state_dict=trainer.best_weights)
+
+
+def load_train_state(directory: str | Path) -> dict:
+    return torch.load(Path(directory) / TRAIN_STATE, map_location="cpu", weights_only=False)
+
+
+def train_fold_worker(config: dict) -> None:
+    """Per-worker function of a TorchTrainer; ``config`` holds plain dicts and an ObjectRef to the fold data."""
+    payload = config["payload"]
+    if isinstance(payload, ray.ObjectRef):
+        payload = ray.get(payload)
+    train_cfg, model_cfg = SimpleNamespace(**config["train"]), SimpleNamespace(**config["model"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(max(1, int(train_cfg.torch_threads or train_cfg.cpus_per_worker)))
+    _seed_everything(config["seed"])
+    data: FoldData = payload["data"]
+    model = build_model(model_cfg, data.num_classes, payload["text_encoder"], hf_config=payload.get("hf_config"))
+    device = ray.train.torch.get_device()
+    if world > 1:
+        model = ray.train.torch.prepare_model(model)
+    trainer = Trainer(model, data, train_cfg, seed=config["seed"], device=device, rank=rank, world=world,
+                      log=print if rank == 0 else (lambda _: None))
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            trainer.load_state_dict(load_train_state(ckpt_dir))
+    elif config.get("resume_from"):
+        trainer.load_state_dict(load_train_state(config["resume_from"]))
+
+    def on_epoch(trainer: Trainer, result) -> None:
+        metrics = {**result.metrics, "improved": int(result.improved), "stopped": int(result.stop)}
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="fold-ckpt-") as tmp:
+            write_checkpoint(Path(tmp), trainer, payload, model_cfg)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    trainer.fit(on_epoch)
