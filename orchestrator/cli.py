@@ -99,7 +99,8 @@ def cmd_test(args) -> int:
         split = load_saved_split(path if path.is_file() else run.root / "data" / "val.jsonl", ensemble.classes, ensemble.multilabel)
     out = Path(args.out) if args.out else run.test_dir
     metrics = evaluate_split(run, ensemble, split, ensemble.classes, ensemble.multilabel, out_dir=out)
-    print_report(metrics, out, console=console)
+    print_report(metrics, metrics["per_class"], console=console)
+    console.print(f"report written to {out}/")
     return 0
 
 

@@ -165,7 +165,7 @@ def _check_shapes(texts: Sequence[str], gold: np.ndarray, probs: np.ndarray, cla
 def write_test_report(out_dir: str | Path, texts: Sequence[str], gold: np.ndarray, probs: np.ndarray,
                       classes: Sequence[str], multilabel: bool, threshold: Threshold = 0.5) -> dict[str, Any]:
     """Write metrics.json, per_class.csv, confusion_matrix.csv/.png and badcases.csv into
-    ``out_dir``, each atomically; return the metrics (accuracy, F1s, n)."""
+    ``out_dir``, each atomically; return the metrics (accuracy, F1s, n) plus the ``per_class`` rows."""
     _check_shapes(texts, gold, probs, classes, multilabel)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -177,7 +177,7 @@ def write_test_report(out_dir: str | Path, texts: Sequence[str], gold: np.ndarra
     atomic_write_text(out / "confusion_matrix.csv", confusion_csv(counts, classes, multilabel))
     atomic_write_bytes(out / "confusion_matrix.png", confusion_png(counts, classes, multilabel))
     atomic_write_text(out / "badcases.csv", _csv_text(BADCASE_COLUMNS, _dict_rows(badcases, BADCASE_COLUMNS)))
-    return metrics
+    return {**metrics, "per_class": per_class}
 
 
 def print_report(metrics: dict[str, Any], per_class: list[dict[str, Any]], console: Optional[Console] = None) -> None:

@@ -32,6 +32,7 @@ def read(path):
 def test_multiclass_report_files(tmp_path):
     out = tmp_path / "test"
     metrics = write_test_report(out, TEXTS, GOLD, PROBS, CLASSES, multilabel=False)
+    assert [r["class"] for r in metrics.pop("per_class")] == list(CLASSES)
 
     assert sorted(os.listdir(out)) == REPORT_FILES
     assert metrics == pytest.approx({"accuracy": 0.6, "macro_f1": 1.3 / 3, "micro_f1": 0.6, "weighted_f1": 0.52, "n": 5})
@@ -58,6 +59,7 @@ def test_multiclass_report_files(tmp_path):
 
 def test_multilabel_report_files(tmp_path):
     metrics = write_test_report(tmp_path, ["x", "y", "z"], GOLD_ML, PROBS_ML, CLASSES_ML, multilabel=True)
+    assert len(metrics.pop("per_class")) == len(CLASSES_ML)
 
     assert sorted(os.listdir(tmp_path)) == REPORT_FILES
     assert metrics == pytest.approx({"accuracy": 1 / 3, "macro_f1": 2 / 3, "micro_f1": 0.8, "weighted_f1": 0.8, "n": 3})

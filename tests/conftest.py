@@ -1,0 +1,28 @@
+"""Shared fixtures: one real Ray for the whole session (ray.init costs ~9 s), tiny pretrained dirs."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A local Ray with 2 CPUs, started once; tests that need Ray take this fixture."""
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    """Run with the working directory in tmp_path (runs/ is created there)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
