@@ -13,6 +13,7 @@ Whitespace never becomes a token. Case and normalisation are left to upstream cl
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -38,6 +39,7 @@ def char_tokens(text: str) -> list[str]:
     return _CHAR_TOKEN.findall(text)
 
 
+@functools.cache
 def _jieba():
     import jieba
 
