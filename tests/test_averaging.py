@@ -11,9 +11,7 @@ from trainables.hooks import TrainState
 def setup(**kw):
     model = nn.Linear(3, 2)
     state = TrainState(model=model, optimizer=None, loss_fn=None)
-    hook = WeightAveraging(**kw)
-    hook.on_fit_start(state)
-    return model, state, hook
+    return model, state, WeightAveraging(**kw)
 
 
 def set_weights(model, value: float):
@@ -69,7 +67,7 @@ def test_swa_averages_exactly_the_epoch_end_weights_from_start_epoch():
     assert all(torch.allclose(w, torch.full_like(w, 3.0)) for w in averaged_view(hook, state))
 
 
-def test_state_dict_round_trip_before_and_after_fit_start():
+def test_state_dict_round_trip_before_and_after_first_use():
     model, state, hook = setup(swa_start_epoch=1)
     for epoch, value in enumerate([1.0, 5.0]):
         set_weights(model, value)
@@ -77,14 +75,11 @@ def test_state_dict_round_trip_before_and_after_fit_start():
     buffer = io.BytesIO()
     torch.save(hook.state_dict(), buffer)
     saved = torch.load(io.BytesIO(buffer.getvalue()))
-    for load_first in (True, False):
+    for used_first in (False, True):  # the loop's resume loads state into a fresh, unused hook
         resumed = WeightAveraging(swa_start_epoch=1)
-        if load_first:
-            resumed.load_state_dict(saved)
-            resumed.on_fit_start(state)
-        else:
-            resumed.on_fit_start(state)
-            resumed.load_state_dict(saved)
+        if used_first:
+            averaged_view(resumed, state)
+        resumed.load_state_dict(saved)
         set_weights(model, 9.0)
         resumed.on_epoch_end(state, 2)  # continues the running mean: (1 + 5 + 9) / 3
         assert all(torch.allclose(w, torch.full_like(w, 5.0)) for w in averaged_view(resumed, state))

@@ -26,15 +26,18 @@ class WeightAveraging(Hook):
         self.ema_decay = ema_decay
         self.swa_start_epoch = swa_start_epoch
         self.averaged: Optional[AveragedModel] = None
-        self._pending: Optional[dict[str, Any]] = None  # a state loaded before on_fit_start
+        self._pending: Optional[dict[str, Any]] = None  # a state loaded before the average exists
 
-    def on_fit_start(self, state: TrainState) -> None:
+    def _average(self, state: TrainState) -> AveragedModel:
+        """The AveragedModel, made on first use rather than in on_fit_start: a resumed loop
+        skips on_fit_start and only loads the state (kept pending until the model is known)."""
         if self.averaged is None:
             multi_avg_fn = None if self.ema_decay is None else get_ema_multi_avg_fn(self.ema_decay)
             self.averaged = AveragedModel(unwrap_model(state.model), multi_avg_fn=multi_avg_fn)
         if self._pending is not None:
             self.averaged.load_state_dict(self._pending)
             self._pending = None
+        return self.averaged
 
     def should_update(self, epoch: Optional[int]) -> bool:
         """``epoch`` is None after an optimizer step, else the 0-based epoch just finished."""
@@ -50,7 +53,7 @@ class WeightAveraging(Hook):
 
     def _maybe_update(self, state: TrainState, epoch: Optional[int]) -> None:
         if self.should_update(epoch):
-            self.averaged.update_parameters(unwrap_model(state.model))
+            self._average(state).update_parameters(unwrap_model(state.model))
 
     @contextlib.contextmanager
     def eval_weights(self, state: TrainState) -> Iterator[None]:
@@ -59,12 +62,13 @@ class WeightAveraging(Hook):
 
         The live weights are backed up rather than swapped with the average, so that
         ``state_dict`` stays right inside the context too."""
-        if self.averaged is None or self.averaged.n_averaged.item() == 0:
+        average = self._average(state)
+        if average.n_averaged.item() == 0:
             yield
             return
         live = list(unwrap_model(state.model).parameters())
         backup = [p.detach().clone() for p in live]
-        _copy(live, self.averaged.module.parameters())
+        _copy(live, average.module.parameters())
         try:
             yield
         finally:

@@ -108,26 +108,14 @@ def init_weights(module: nn.Module, scheme: str) -> None:
 
 class NoisyTune(Hook):
     """NoisyTune (Wu et al., 2022): before fine-tuning add U(-lambda/2, lambda/2) * std(param)
-    to every parameter with more than one element. Seeded by the global torch RNG.
-
-    The hook records that it ran in its state dict, so a resumed run does not add noise again.
-    """
+    to every parameter with more than one element. Seeded by the global torch RNG. The loop
+    must not call on_fit_start again on resume (it would add noise twice)."""
 
     def __init__(self, noise_lambda: float):
         self.noise_lambda = noise_lambda
-        self.applied = False
 
     def on_fit_start(self, state: TrainState) -> None:
-        if self.applied:
-            return
         with torch.no_grad():
             for param in state.model.parameters():
                 if param.numel() > 1:
                     param.add_((torch.rand_like(param) - 0.5) * self.noise_lambda * param.std())
-        self.applied = True
-
-    def state_dict(self) -> dict:
-        return {"applied": self.applied}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.applied = state.get("applied", self.applied)

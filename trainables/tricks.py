@@ -22,9 +22,9 @@ def _adversarial(train_cfg) -> Hook:
 
 
 def build_hooks(train_cfg, multilabel: bool) -> HookList:
-    """NoisyTune first (the averaged copy must start from the noised weights), then R-Drop
+    """NoisyTune first (it changes the weights before training reads them), then R-Drop
     (replaces the loss), adversarial (adds gradients after backward), weight averaging last
-    (its update follows the optimizer step; its eval weights wrap evaluation)."""
+    (it averages the weights each optimizer step or epoch has produced)."""
     if train_cfg.ema_decay is not None and train_cfg.swa_start_epoch is not None:
         raise ValueError("train.swa_start_epoch: cannot be combined with train.ema_decay; pick one weight average")
     hooks: list[Hook] = []
