@@ -70,17 +70,27 @@ def cmd_run(args) -> int:
 
 
 def print_summary(summary) -> None:
-    table = Table(title=f"run {summary.run.root}", show_lines=False)
+    """One screen: folds, the trials table (when searching), OOF and test metrics, where artifacts are."""
+    folds = Table(title=f"folds of the chosen config", show_lines=False)
     for col in ("fold", "best epoch", "val macro-F1", "val accuracy", "train time (s)"):
-        table.add_column(col, justify="right")
+        folds.add_column(col, justify="right")
     for r in summary.folds:
-        table.add_row(str(r.fold), str(r.best["epoch"]), f"{r.best['val_macro_f1']:.4f}", f"{r.best['val_accuracy']:.4f}", f"{r.train_time_s:.0f}")
-    console.print(table)
-    m = summary.test_metrics
+        folds.add_row(str(r.fold), str(r.best["epoch"]), f"{r.best['val_macro_f1']:.4f}", f"{r.best['val_accuracy']:.4f}", f"{r.train_time_s:.0f}")
+    console.print(folds)
+    if len(summary.trials) > 1:
+        trials = Table(title="trials (configs ranked by cross-fold mean)")
+        for col in ("config", "fold scores", "mean ± std", "time (s)"):
+            trials.add_column(col)
+        for t in summary.trials[:10]:
+            params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items())
+            trials.add_row(params, " ".join(f"{x:.4f}" for x in t["fold_scores"]), f"{t['mean']:.4f} ± {t['std']:.4f}", f"{t['time_s']:.0f}")
+        console.print(trials)
     if summary.oof_metrics:
-        console.print(f"out-of-fold macro-F1 {summary.oof_metrics['macro_f1']:.4f}")
-    console.print(f"test: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  micro-F1 {m['micro_f1']:.4f}  weighted-F1 {m['weighted_f1']:.4f}")
-    console.print(f"artifacts: {summary.run.root}/ (manifest.json, folds/*/model, test/ report, badcases.csv)")
+        console.print(f"out-of-fold: macro-F1 {summary.oof_metrics['macro_f1']:.4f}  accuracy {summary.oof_metrics['accuracy']:.4f}")
+    m = summary.test_metrics
+    if m:
+        console.print(f"test: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  micro-F1 {m['micro_f1']:.4f}  weighted-F1 {m['weighted_f1']:.4f}")
+    console.print(f"artifacts: {summary.run.root}/ (manifest.json, folds/*/model, test/ report with badcases.csv)")
 
 
 def cmd_test(args) -> int:

@@ -127,7 +127,7 @@ class TuneConfig(Section):
     search: dict[str, str] = Field(default_factory=dict, description="key path -> distribution, e.g. train.lr: loguniform(1e-5, 1e-4).")
     searcher: Literal["random", "grid", "optuna"] = Field("random", description="How configurations are suggested.")
     scheduler: Literal["fifo", "asha"] = Field("fifo", description="fifo runs every trial; asha stops bad configs early.")
-    metric: str = Field("val_macro_f1", description="Reported metric the search optimises.")
+    metric: Literal["val_macro_f1", "val_micro_f1", "val_weighted_f1", "val_accuracy", "val_loss"] = Field("val_macro_f1", description="Validation metric (at each fold's best epoch) the search optimises on the cross-fold mean.")
     mode: Literal["max", "min"] = Field("max", description="Maximise or minimise the metric.")
     max_concurrent: Optional[int] = Field(None, ge=1, description="Trials at once (default: cv.parallel).")
 

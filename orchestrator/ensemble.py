@@ -25,28 +25,29 @@ class Prediction:
     truncated: list[bool]             # text longer than the model's max_length
 
 
-class Ensemble:
-    """Loads fold models once; ``fold_logits`` gives per-fold outputs, ``predict`` the ensemble."""
+class EnsembleBase:
+    """Everything but the fold models: subclasses load them in ``_load`` and run them in
+    ``fold_logits``; combining folds and naming classes is shared."""
 
-    def __init__(self, model_dirs: Sequence[str | Path], device: Optional[str] = None):
+    def __init__(self, model_dirs: Sequence[str | Path]):
         if not model_dirs:
             raise FileNotFoundError("no trained fold models found")
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        loaded = [load_model_dir(d, self.device) for d in model_dirs]
-        self.models = [m for m, _, _ in loaded]
-        self.encoder: TextEncoder = loaded[0][1]
-        self.meta = loaded[0][2]
+        self.model_dirs = [str(d) for d in model_dirs]
+        self.encoder, self.meta = self._load(self.model_dirs)
         self.classes: list[str] = self.meta["classes"]
         self.multilabel: bool = self.meta["multilabel"]
         self.threshold: float = self.meta.get("threshold", 0.5)
-        self.model_dirs = [str(d) for d in model_dirs]
 
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.encoder.encode(texts)
+    def _load(self, model_dirs: list[str]) -> tuple[TextEncoder, dict]:
+        """Load the fold models; return the (shared) text encoder and the first fold's meta."""
+        raise NotImplementedError
 
     def fold_logits(self, ids: Sequence[Sequence[int]], batch_size: int = 64) -> np.ndarray:
         """[K, N, C] logits of every fold model."""
-        return np.stack([predict_logits(m, ids, self.encoder.pad_id, batch_size, self.device) for m in self.models])
+        raise NotImplementedError
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.encoder.encode(texts)
 
     def combine(self, fold_logits: np.ndarray) -> np.ndarray:
         """[N, C] ensemble probabilities from [K, N, C] fold logits."""
@@ -68,3 +69,19 @@ class Ensemble:
         if self.multilabel:
             return [[self.classes[j] for j in np.flatnonzero(row)] for row in picked]
         return [[self.classes[int(j)]] for j in picked]
+
+
+class Ensemble(EnsembleBase):
+    """Loads fold models once; ``fold_logits`` gives per-fold outputs, ``predict`` the ensemble."""
+
+    def __init__(self, model_dirs: Sequence[str | Path], device: Optional[str] = None):
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        super().__init__(model_dirs)
+
+    def _load(self, model_dirs: list[str]) -> tuple[TextEncoder, dict]:
+        loaded = [load_model_dir(d, self.device) for d in model_dirs]
+        self.models = [m for m, _, _ in loaded]
+        return loaded[0][1], loaded[0][2]
+
+    def fold_logits(self, ids: Sequence[Sequence[int]], batch_size: int = 64) -> np.ndarray:
+        return np.stack([predict_logits(m, ids, self.encoder.pad_id, batch_size, self.device) for m in self.models])

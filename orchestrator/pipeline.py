@@ -19,7 +19,8 @@ from orchestrator.config import ExperimentConfig
 from orchestrator.data import Dataset, Split, kfold_splits, load_dataset, load_stop_words
 from orchestrator.ensemble import Ensemble
 from orchestrator.report import write_test_report
-from orchestrator.training import FoldResult, fit_fold, fold_data, label_array, load_fold_result, model_meta
+from orchestrator.training import FoldResult, label_array, model_meta
+from orchestrator.tuning import tune_folds
 from trainables.inference import predict_logits
 from trainables.metrics import compute_metrics, probabilities
 from trainables.models import build_text_encoder
@@ -31,6 +32,7 @@ class RunSummary:
     folds: list[FoldResult]
     test_metrics: dict
     oof_metrics: Optional[dict]
+    trials: list[dict]
 
 
 def init_ray(address: Optional[str] = None) -> None:
@@ -41,7 +43,9 @@ def init_ray(address: Optional[str] = None) -> None:
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True)
+    # A local Ray needs its dashboard: Ray Train's placement-group cleaner queries the state API.
+    local = {} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
+    ray.init(address=address, logging_level="WARNING", log_to_driver=True, **local)
 
 
 def save_split(path: Path, split: Split, classes: list[str], multilabel: bool) -> None:
@@ -87,33 +91,30 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool 
     encoder = build_text_encoder(cfg.model, dataset.train.texts, stop_words)
     pool, plan = fold_plan(dataset, cfg.cv.folds, cfg.seed)
     ids = encoder.encode(pool.texts)
-    num_classes = len(dataset.classes)
-    labels = label_array(pool.labels, num_classes, dataset.multilabel)
-    meta = model_meta(cfg, dataset)
+    labels = label_array(pool.labels, len(dataset.classes), dataset.multilabel)
 
-    results = []
-    for fold, (train_idx, val_idx) in enumerate(plan):
-        done = load_fold_result(run, fold) if resume else None
-        if done is not None:
-            log(f"fold {fold}: already trained, skipped (best {done.best.get('val_' + cfg.train.metric):.4f})")
-            results.append(done)
-            continue
-        log(f"fold {fold + 1}/{len(plan)}: training {cfg.model.kind}:{cfg.model.name if cfg.model.kind != 'small' else cfg.model.arch} "
-            f"on {len(train_idx)} texts, validating on {len(val_idx)}")
-        run.update("train", "running", fold=fold)
-        payload = {"data": fold_data(ids, labels, train_idx, val_idx, encoder, num_classes, dataset.multilabel),
-                   "text_encoder": encoder, "meta": meta}
-        results.append(fit_fold(cfg, run, fold, payload))
-    run.update("train", "done", folds=len(results),
-               metrics={f"fold{r.fold}_val_{cfg.train.metric}": r.best[f"val_{cfg.train.metric}"] for r in results})
+    shared = {"ids": ids, "labels": labels, "plan": plan, "encoder": encoder, "meta": model_meta(cfg, dataset)}
+    log(f"training {len(plan)} fold(s) x {cfg.tune.samples if cfg.tune.search else 1} config(s) of "
+        f"{cfg.model.kind}:{cfg.model.arch if cfg.model.kind == 'small' else cfg.model.name} on {len(pool.texts)} texts")
+    run.update("train", "running")
+    outcome = tune_folds(cfg, run, shared, resume=resume, log=log)
+    results = outcome.folds
+    metric = cfg.train.metric
+    run.update("train", "done", folds=len(results), best_config=outcome.best_config,
+               metrics={f"fold{r.fold}_val_{metric}": r.best[f"val_{metric}"] for r in results})
 
     ensemble = Ensemble([r.model_dir for r in results])
     oof = evaluate_oof(run, ensemble, ids, labels, plan, dataset) if cfg.cv.folds > 1 else None
-    test_split = dataset.test or dataset.val
-    test_metrics = evaluate_split(run, ensemble, test_split, dataset.classes, dataset.multilabel)
-    run.update("test", "done", split="test" if dataset.test else "val",
-               metrics={f"test_{k}": v for k, v in test_metrics.items() if isinstance(v, float)})
-    return RunSummary(run, results, test_metrics, oof)
+    # With K folds, val rows are in the training pool: only a separate test split is honest.
+    test_split = dataset.test or (dataset.val if cfg.cv.folds == 1 else None)
+    test_metrics = {}
+    if test_split is not None:
+        test_metrics = evaluate_split(run, ensemble, test_split, dataset.classes, dataset.multilabel)
+        run.update("test", "done", split="test" if dataset.test else "val",
+                   metrics={f"test_{k}": v for k, v in test_metrics.items() if isinstance(v, float)})
+    else:
+        run.update("test", "skipped", reason="cv.folds > 1 and no test split: see oof_metrics.json")
+    return RunSummary(run, results, test_metrics, oof, outcome.trials)
 
 
 def evaluate_oof(run: RunDir, ensemble: Ensemble, ids, labels: np.ndarray, plan, dataset: Dataset) -> dict:

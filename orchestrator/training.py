@@ -61,8 +61,8 @@ def use_gpu(cfg: ExperimentConfig) -> bool:
 
 
 def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, fold: int, payload_ref: Any, callbacks: Sequence = (),
-                        resume_from: Optional[str] = None):
-    """A TorchTrainer for one fold, storing under the run directory as ``fold_<k>``."""
+                        name: Optional[str] = None, resume_from: Optional[str] = None):
+    """A TorchTrainer for one fold, storing under the run's Ray storage as ``name`` (default ``fold_<k>``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -76,20 +76,22 @@ def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, fold: int, payload_r
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if gpu else {})}),
         run_config=RunConfig(
-            name=f"fold_{fold}", storage_path=str(run.ray_storage), callbacks=list(callbacks),
+            name=name or f"fold_{fold}", storage_path=str(run.ray_storage), callbacks=list(callbacks),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=2),
         ),
     )
 
 
-def collect_fold(run: RunDir, fold: int, result: Any, started: float) -> FoldResult:
-    """Copy the best model out of the fold's last checkpoint and record its history."""
+def collect_fold(result: Any, fold: int, folder: Path, metric: str, started: float) -> FoldResult:
+    """Copy the best model out of the fold's last Ray checkpoint into ``folder``/model and record
+    its history in ``folder``/history.json; ``metric`` is train.metric (loss is minimised)."""
     from trainables.ray_worker import BEST_DIR, load_train_state
 
     if result.checkpoint is None:
         raise RuntimeError(f"fold {fold}: training reported no checkpoint")
-    target = run.model_dir(fold)
+    target = folder / "model"
+    folder.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as ckpt:
         history = load_train_state(ckpt)["fit_state"]["history"]
         tmp = target.with_name(".model.tmp")
@@ -97,11 +99,10 @@ def collect_fold(run: RunDir, fold: int, result: Any, started: float) -> FoldRes
         shutil.copytree(Path(ckpt) / BEST_DIR, tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
-    metric = f"val_{run.config().train.metric}"
-    pick = min if metric == "val_loss" else max
-    best = pick(history, key=lambda h: h[metric])
+    pick = min if metric == "loss" else max
+    best = pick(history, key=lambda h: h[f"val_{metric}"])
     elapsed = time.perf_counter() - started
-    write_json(run.fold_dir(fold) / "history.json", {"history": history, "best": best, "train_time_s": elapsed})
+    write_json(folder / "history.json", {"history": history, "best": best, "train_time_s": elapsed})
     return FoldResult(fold, target, history, best, elapsed)
 
 
@@ -112,12 +113,3 @@ def load_fold_result(run: RunDir, fold: int) -> Optional[FoldResult]:
         return None
     info = json.loads(path.read_text())
     return FoldResult(fold, run.model_dir(fold), info["history"], info["best"], info["train_time_s"])
-
-
-def fit_fold(cfg: ExperimentConfig, run: RunDir, fold: int, payload: dict, resume_from: Optional[str] = None) -> FoldResult:
-    """Train one fold through Ray Train and collect its best model."""
-    import ray
-
-    started = time.perf_counter()
-    trainer = build_torch_trainer(cfg, run, fold, ray.put(payload), resume_from=resume_from)
-    return collect_fold(run, fold, trainer.fit(), started)

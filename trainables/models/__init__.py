@@ -85,7 +85,8 @@ def load_model_dir(directory: str | Path, device: Optional[str] = None) -> tuple
     """(model in eval mode, text encoder, meta) from a model directory."""
     directory = Path(directory)
     meta = json.loads((directory / META_FILE).read_text())
-    model_cfg = SimpleNamespace(**meta["model"])
+    # the state dict carries every weight: pretrained vectors need not be read again
+    model_cfg = SimpleNamespace(**{**meta["model"], "pretrained_vectors": None})
     text_encoder = load_text_encoder(directory)
     hf_config = None
     if model_cfg.kind == "hf":

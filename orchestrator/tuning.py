@@ -1,0 +1,212 @@
+"""K folds as parallel Ray Tune trials, with hyperparameter search on the cross-fold mean.
+
+Each suggested config runs as K trials (``ray.tune.search.Repeater(searcher, repeat=K,
+set_index=True)``): trial ``__trial_index__`` = fold index. Every trial is a small Tune function
+(0.01 CPU) that fits one Ray Train TorchTrainer for its fold, forwards per-epoch metrics through
+``TuneReportCallback`` and finally reports the fold's best-epoch score under the tune metric, so
+the searcher is handed the mean of the K fold scores, never one fold. Schedulers that stop trials
+early (ASHA) would judge single folds, so with K > 1 only FIFO is accepted (docs/architecture.md).
+"""
+from __future__ import annotations
+
+import ast
+import json
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from orchestrator.artifacts import RunDir, write_json
+from orchestrator.config import ConfigError, ExperimentConfig, TuneConfig, with_overrides
+from orchestrator.training import FoldResult, build_torch_trainer, collect_fold
+
+TRIAL_INDEX = "__trial_index__"
+TUNE_NAME = "tune"
+_DIST = re.compile(r"^\s*(uniform|loguniform|quniform|choice|randint|grid)\s*\((.*)\)\s*$", re.S)
+
+
+def parse_distribution(key: str, spec: str):
+    """'loguniform(1e-5, 1e-4)' -> tune.loguniform(1e-5, 1e-4); grid(...) is a choice swept exhaustively."""
+    from ray import tune
+
+    match = _DIST.match(str(spec))
+    if not match:
+        raise ConfigError(f"tune.search.{key}: expected uniform(a, b), loguniform(a, b), quniform(a, b, q), randint(a, b), choice([...]) or grid([...]), got {spec!r}")
+    name, args = match.groups()
+    try:
+        values = ast.literal_eval(f"({args},)")
+    except (ValueError, SyntaxError):
+        raise ConfigError(f"tune.search.{key}: cannot read the arguments of {spec!r}") from None
+    if name in ("choice", "grid"):
+        options = list(values[0]) if len(values) == 1 and isinstance(values[0], (list, tuple)) else list(values)
+        return tune.choice(options)
+    return getattr(tune, name)(*values)
+
+
+def search_space(tune_cfg: TuneConfig, base: ExperimentConfig) -> dict[str, Any]:
+    """Flat {dotted key: Tune domain}; each key must be a real config key (checked by re-validating)."""
+    space = {key: parse_distribution(key, spec) for key, spec in tune_cfg.search.items()}
+    for key, domain in space.items():
+        try:
+            with_overrides(base, {key: domain.sample()})
+        except ConfigError as exc:
+            raise ConfigError(f"tune.search.{key}: {exc}".replace("override: ", "")) from None
+    return space
+
+
+def grid_size(tune_cfg: TuneConfig) -> int:
+    """Number of points of an all-grid search space."""
+    sizes = [len(parse_distribution(k, s).categories) for k, s in tune_cfg.search.items()]
+    return int(np.prod(sizes)) if sizes else 1
+
+
+def build_search(cfg: ExperimentConfig):
+    """(search_alg, param_space, num_samples) for K folds of ``tune.samples`` configs."""
+    from ray import tune
+    from ray.tune.search import Repeater
+
+    folds, tcfg = cfg.cv.folds, cfg.tune
+    if not tcfg.search:
+        return None, {TRIAL_INDEX: tune.grid_search(list(range(folds)))}, 1
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = search_space(tcfg, cfg)
+    samples = tcfg.samples
+    if tcfg.searcher == "grid":
+        bad = [k for k, s in tcfg.search.items() if not str(s).strip().startswith(("grid", "choice"))]
+        if bad:
+            raise ConfigError(f"tune.searcher: grid needs grid([...]) or choice([...]) values, not {tcfg.search[bad[0]]!r} for {bad[0]}")
+        grid = {k: list(parse_distribution(k, s).categories) for k, s in tcfg.search.items()}
+        sampler = optuna.samplers.GridSampler(grid, seed=cfg.seed)
+        samples = grid_size(tcfg)
+    elif tcfg.searcher == "random":
+        sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=cfg.seed)
+    searcher = OptunaSearch(space=space, metric=tcfg.metric, mode=tcfg.mode, sampler=sampler)
+    return Repeater(searcher, repeat=folds, set_index=True), {}, samples * folds
+
+
+def build_scheduler(cfg: ExperimentConfig):
+    if cfg.tune.scheduler == "fifo":
+        return None
+    if cfg.cv.folds > 1:
+        raise ConfigError("tune.scheduler: 'asha' stops single trials, and with cv.folds > 1 a trial is one fold; use 'fifo' (see docs/architecture.md)")
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs, grace_period=1, reduction_factor=2)
+
+
+def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> None:
+    """One Tune trial = one fold of one config: fit its TorchTrainer, keep its best model in trials/<id>/."""
+    import ray
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from orchestrator.training import fold_data
+
+    overrides = {k: v for k, v in config.items() if k != TRIAL_INDEX}
+    cfg = with_overrides(ExperimentConfig.model_validate(base_cfg), overrides)
+    fold = int(config.get(TRIAL_INDEX, 0))
+    train_idx, val_idx = shared["plan"][fold]
+    data = fold_data(shared["ids"], shared["labels"], train_idx, val_idx, shared["encoder"], len(shared["meta"]["classes"]), shared["meta"]["multilabel"])
+    payload = {"data": data, "text_encoder": shared["encoder"], "meta": shared["meta"]}
+    run = RunDir(Path(run_root))
+    trial_id = tune.get_context().get_trial_id()
+    started = time.perf_counter()
+    trainer = build_torch_trainer(cfg, run, fold, ray.put(payload), callbacks=[TuneReportCallback()], name=f"trial_{trial_id}")
+    result = collect_fold(trainer.fit(), fold, run.root / "trials" / trial_id, cfg.train.metric, started)
+    metric = cfg.tune.metric
+    tune.report({metric: result.best[metric], "fold": fold, "best_epoch": result.best["epoch"],
+                 "fold_train_time_s": result.train_time_s, "done": 1})
+
+
+@dataclass
+class TuneOutcome:
+    best_config: dict
+    trials: list[dict]          # one row per config: params, per-fold scores, mean, std, time
+    folds: list[FoldResult]     # the best config's fold results, copied to folds/<k>/
+
+
+def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = False, log=print) -> TuneOutcome:
+    """Run K folds x configs under Ray Tune; copy the best config's fold models to folds/<k>/model."""
+    import ray
+    from ray import tune
+
+    search_alg, param_space, num_samples = build_search(cfg)
+    trainable = tune.with_resources(
+        tune.with_parameters(fold_trial, base_cfg=cfg.model_dump(mode="json"), run_root=str(run.root.resolve()),
+                             shared=shared),  # with_parameters puts it in the object store once
+        {"CPU": 0.01},
+    )
+    path = run.ray_storage / TUNE_NAME
+    if resume and tune.Tuner.can_restore(str(path)):
+        log(f"resuming Tune experiment {path}")
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True, param_space=param_space or None)
+    else:
+        from ray.tune import RunConfig
+        from ray.tune import FailureConfig
+
+        tuner = tune.Tuner(
+            trainable, param_space=param_space,
+            tune_config=tune.TuneConfig(
+                search_alg=search_alg, scheduler=build_scheduler(cfg), num_samples=num_samples,
+                metric=cfg.tune.metric, mode=cfg.tune.mode,
+                max_concurrent_trials=cfg.tune.max_concurrent or cfg.cv.parallel or cfg.cv.folds,
+            ),
+            run_config=RunConfig(name=TUNE_NAME, storage_path=str(run.ray_storage), failure_config=FailureConfig(max_failures=1),
+                                 verbose=1),
+        )
+    grid = tuner.fit()
+    return select_best(cfg, run, grid)
+
+
+def select_best(cfg: ExperimentConfig, run: RunDir, grid) -> TuneOutcome:
+    """Group trials by config, rank configs by the mean of their K fold scores, adopt the best."""
+    metric, k = cfg.tune.metric, cfg.cv.folds
+    groups: dict[str, dict] = {}
+    for result in grid:
+        if result.error is not None or result.metrics is None or metric not in result.metrics:
+            continue
+        params = {key: v for key, v in result.config.items() if key != TRIAL_INDEX}
+        group = groups.setdefault(json.dumps(params, sort_keys=True, default=str), {"params": params, "folds": {}, "time_s": 0.0})
+        fold = int(result.config.get(TRIAL_INDEX, 0))
+        group["folds"][fold] = {"score": float(result.metrics[metric]), "trial_id": result.metrics["trial_id"],
+                                "best_epoch": result.metrics.get("best_epoch")}
+        group["time_s"] += float(result.metrics.get("fold_train_time_s", 0.0))
+    rows = []
+    for group in groups.values():
+        scores = [group["folds"][f]["score"] for f in sorted(group["folds"])]
+        rows.append({"params": group["params"], "fold_scores": scores, "mean": float(np.mean(scores)),
+                     "std": float(np.std(scores)), "folds_done": len(scores), "time_s": group["time_s"],
+                     "trial_ids": [group["folds"][f]["trial_id"] for f in sorted(group["folds"])]})
+    complete = [r for r in rows if r["folds_done"] == k]
+    if not complete:
+        raise RuntimeError(f"tune: no config finished all {k} folds (see {run.ray_storage / TUNE_NAME})")
+    sign = 1 if cfg.tune.mode == "max" else -1
+    rows.sort(key=lambda r: (r["folds_done"] == k, sign * r["mean"]), reverse=True)
+    best = rows[0]
+    write_json(run.root / "trials.json", {"metric": metric, "mode": cfg.tune.mode, "folds": k, "trials": rows,
+                                          "best_config": best["params"]})
+    folds = [adopt_trial_model(run, fold, trial_id) for fold, trial_id in enumerate(best["trial_ids"])]
+    return TuneOutcome(best["params"], rows, folds)
+
+
+def adopt_trial_model(run: RunDir, fold: int, trial_id: str) -> FoldResult:
+    """Copy trials/<id>/ (model + history) to folds/<fold>/."""
+    from orchestrator.training import load_fold_result
+
+    source, target = run.root / "trials" / trial_id, run.fold_dir(fold)
+    tmp = target.with_name(f".{fold}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source, tmp)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    result = load_fold_result(run, fold)
+    assert result is not None, f"trial {trial_id} left no model"
+    return result

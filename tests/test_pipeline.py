@@ -1,0 +1,98 @@
+"""End to end through real Ray Train + Tune on real data (data/example1), tiny TextCNN."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.config import load_config, with_overrides
+from orchestrator.ensemble import Ensemble
+from orchestrator.pipeline import run_experiment
+from orchestrator.artifacts import RunDir
+from tests.conftest import ROOT
+from trainables.metrics import compute_metrics, probabilities
+
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(ray_session, tmp_path_factory):
+    """One smoke run shared by the tests of this module."""
+    cfg = load_config(SMOKE)
+    cfg.runs_dir = str(tmp_path_factory.mktemp("runs"))
+    return run_experiment(cfg, log=lambda *_: None)
+
+
+def test_smoke_run_writes_a_complete_run_directory(smoke_run):
+    root = smoke_run.run.root
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert {s: manifest["stages"][s]["status"] for s in ("data", "train", "test")} == {"data": "done", "train": "done", "test": "done"}
+    assert manifest["config_hash"] == load_config(SMOKE).model_copy(update={"runs_dir": manifest["config"]["runs_dir"]}).hash()
+    assert manifest["versions"]["ray"].startswith("2.")
+    for name in ("model.pt", "model.json", "text_encoder.json"):
+        assert (root / "folds" / "0" / "model" / name).is_file()
+    history = json.loads((root / "folds" / "0" / "history.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    for name in ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png", "badcases.csv"):
+        assert (root / "test" / name).stat().st_size > 0
+    # real data, 600 training rows, 2 epochs: clearly better than chance (0.5)
+    assert smoke_run.test_metrics["macro_f1"] > 0.7
+
+
+def test_test_command_reproduces_run_metrics(smoke_run, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["test", str(smoke_run.run.root), "--out", str(out)]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["macro_f1"] == pytest.approx(smoke_run.test_metrics["macro_f1"], abs=1e-9)
+    assert "macro" in capsys.readouterr().out.lower()
+
+
+def test_predict_file_matches_ensemble(smoke_run, tmp_path, capsys):
+    texts = ["质量很差，起皱严重。没型，不值得购买", "收到了，物流很快，衣服还挺不错的，好评"]
+    path = tmp_path / "texts.txt"
+    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    assert main(["predict", str(smoke_run.run.root), "--file", str(path), "--top", "2"]) == 0
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines()]
+    ensemble = Ensemble(RunDir.open(smoke_run.run.root).fold_model_dirs())
+    expected = ensemble.predict(texts)
+    assert [l["labels"] for l in lines] == expected.labels
+    assert [l["text"] for l in lines] == texts
+    assert lines[0]["top"][0][1] == pytest.approx(float(expected.probs[0].max()), abs=1e-4)
+
+
+def test_rerun_same_name_is_refused_without_flags(smoke_run, capsys, monkeypatch):
+    monkeypatch.chdir(smoke_run.run.root.parent.parent)
+    code = main(["run", str(SMOKE), "--set", f"runs_dir={smoke_run.run.root.parent}"])
+    assert code == 2 and "run directory exists" in capsys.readouterr().err
+
+
+def test_kfold_grid_search_picks_best_fold_mean(ray_session, tmp_path):
+    """3 folds x 2 configs through real Ray Tune."""
+    cfg = with_overrides(load_config(SMOKE), {
+        "name": "cv", "runs_dir": str(tmp_path), "train.epochs": 1, "data.max_rows": 300, "data.test_fraction": 0.1,
+        "cv.folds": 3, "tune.searcher": "grid", "tune.search": {"train.lr": "grid([0.0003, 0.003])"},
+    })
+    summary = run_experiment(cfg, log=lambda *_: None)
+    root = summary.run.root
+    trials = json.loads((root / "trials.json").read_text())
+    assert len(trials["trials"]) == 2 and all(len(t["fold_scores"]) == 3 for t in trials["trials"])
+    means = {t["params"]["train.lr"]: np.mean(t["fold_scores"]) for t in trials["trials"]}
+    assert trials["best_config"]["train.lr"] == max(means, key=means.get)
+    assert summary.trials[0]["mean"] == pytest.approx(max(means.values()))
+    # the adopted fold models are the best config's
+    best_ids = [t for t in trials["trials"] if t["params"] == trials["best_config"]][0]["trial_ids"]
+    for fold, trial_id in enumerate(best_ids):
+        assert (root / "folds" / str(fold) / "model" / "model.pt").read_bytes() == (root / "trials" / trial_id / "model" / "model.pt").read_bytes()
+    # OOF covers every pooled row exactly once
+    oof = json.loads((root / "oof_metrics.json").read_text())
+    assert oof["rows"] == oof["rows_covered_once"] == len(np.load(root / "oof_logits.npy"))
+    # the ensemble metric is computed from the mean of the fold logits
+    ensemble = Ensemble(summary.run.fold_model_dirs())
+    test = [json.loads(l) for l in (root / "data" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    texts = [r["text"] for r in test]
+    gold = np.array([ensemble.classes.index(r["label"]) for r in test])
+    fold_logits = ensemble.fold_logits(ensemble.encode(texts))
+    expected = compute_metrics(gold, probabilities(fold_logits.mean(0), False), False)
+    assert summary.test_metrics["macro_f1"] == pytest.approx(expected["macro_f1"], abs=1e-9)
