@@ -74,19 +74,29 @@ class _Labels:
 
 def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     """Read, encode, split and clean the data described by cfg; deterministic by seed."""
-    train_rows = _read_bbc_news() if cfg.source == "bbc_news" else _read_rows(cfg.train, "train", cfg)
-    given = {key: _read_rows(getattr(cfg, key), key, cfg) for key in ("val", "test") if getattr(cfg, key)}
+    train_rows = _read_bbc_news() if cfg.source == "bbc_news" else _read_rows(cfg.train, "data.train", cfg)
+    given = {key: _read_rows(getattr(cfg, key), f"data.{key}", cfg) for key in ("val", "test") if getattr(cfg, key)}
     names = {key: _label_names(rows, cfg) for key, rows in {"train": train_rows, **given}.items()}
     labels = _class_labels(cfg, names["train"], train_rows.source)
     train = _encode(train_rows, names["train"], labels, cfg.multilabel)
     known = {i for label in train.labels for i in _ids(label)}
     files = {key: _encode(rows, names[key], labels, cfg.multilabel, known) for key, rows in given.items()}
-    train, val, test = _split_train(train, files, cfg, seed, labels.classes, train_rows.source)
+    splits = _split_train(train, files, cfg, seed, labels.classes, train_rows.source)
+    train, val, test = (None if split is None else _clean(split, cfg.clean) for split in splits)
+    return Dataset(train, val, test, labels.classes, cfg.multilabel)
 
-    def clean(split: Split) -> Split:
-        return Split([clean_text(t, cfg.clean) for t in split.texts], split.labels)
 
-    return Dataset(clean(train), clean(val), clean(test) if test is not None else None, labels.classes, cfg.multilabel)
+def read_labelled_file(cfg: DataConfig, path: str, classes: list[str]) -> Split:
+    """Another labelled file read like the experiment's data (format, columns, cleanup), its labels
+    encoded by a trained model's classes (ids too when the experiment had a classes_map)."""
+    rows = _read_rows(path, "--file", cfg)
+    unknown = f"is not one of the model's classes ({', '.join(classes)})"
+    labels = _Labels(classes, _index(classes, with_ids=bool(cfg.classes_map)), unknown, unknown)
+    return _clean(_encode(rows, _label_names(rows, cfg), labels, cfg.multilabel), cfg.clean)
+
+
+def _clean(split: Split, clean: CleanConfig) -> Split:
+    return Split([clean_text(t, clean) for t in split.texts], split.labels)
 
 
 # ---------------------------------------------------------------- reading files
@@ -95,9 +105,9 @@ _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl",
                ".parquet": "parquet", ".pq": "parquet"}
 
 
-def _read_rows(path: str, key: str, cfg: DataConfig) -> _Rows:
-    """The text and label columns of the file given as data.<key>."""
-    file = _existing(path, f"data.{key}")
+def _read_rows(path: str, setting: str, cfg: DataConfig) -> _Rows:
+    """The text and label columns of the file given as `setting` (data.train, ...)."""
+    file = _existing(path, setting)
     fmt = _format_of(file) if cfg.format == "auto" else cfg.format
     wanted = {"data.text_column": cfg.text_column, "data.label_column": cfg.label_column}
     try:
@@ -115,12 +125,12 @@ def _read_rows(path: str, key: str, cfg: DataConfig) -> _Rows:
                  cfg.text_column, cfg.label_column)
 
 
-def _existing(path: str, key: str) -> Path:
+def _existing(path: str, setting: str) -> Path:
     file = Path(path)
     if not file.is_file():
-        raise DataError(f"{file}: no such file ({key})")
+        raise DataError(f"{file}: no such file ({setting})")
     if file.stat().st_size == 0:
-        raise DataError(f"{file}: the file is empty ({key})")
+        raise DataError(f"{file}: the file is empty ({setting})")
     return file
 
 
@@ -304,12 +314,16 @@ def _class_labels(cfg: DataConfig, train_names: list[list[str]], train_source: s
     if cfg.classes_map:
         mapping = _read_classes_map(cfg.classes_map)
         classes = sorted(mapping, key=mapping.get)
-        # Files may use ids too; a name wins over an id spelled the same.
-        index = {**{str(i): i for i in range(len(classes))}, **mapping}
-        return _Labels(classes, index, f"is not in classes_map ({cfg.classes_map})", unseen)
+        return _Labels(classes, _index(classes, with_ids=True), f"is not in classes_map ({cfg.classes_map})", unseen)
     distinct = {n for row in train_names for n in row}
     classes = sorted(distinct, key=int if all(n.isdecimal() for n in distinct) else None)
-    return _Labels(classes, {c: i for i, c in enumerate(classes)}, unseen, unseen)
+    return _Labels(classes, _index(classes, with_ids=False), unseen, unseen)
+
+
+def _index(classes: list[str], with_ids: bool) -> dict[str, int]:
+    """Class name -> id; with_ids (a classes_map) also takes ids, a name winning over an id spelled the same."""
+    names = {c: i for i, c in enumerate(classes)}
+    return {**{str(i): i for i in range(len(classes))}, **names} if with_ids else names
 
 
 def _read_classes_map(path: str) -> dict[str, int]:

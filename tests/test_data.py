@@ -12,7 +12,7 @@ import pytest
 
 from orchestrator.config import CleanConfig, DataConfig
 from orchestrator.data import (DataError, Split, clean_text, kfold_splits, label_matrix, load_dataset,
-                               load_stop_words)
+                               load_stop_words, read_labelled_file)
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 ROWS = [{"text": 'good, "fine" film', "label": "pos"}, {"text": "dull", "label": "neg"},
@@ -28,8 +28,8 @@ def write(path: Path, rows: list[dict]) -> str:
             writer.writeheader()
             writer.writerows(rows)
     elif fmt == "tsv":
-        path.write_text("\n".join("\t".join(map(str, r)) for r in [list(rows[0])] + [list(r.values()) for r in rows]) + "\n",
-                        encoding="utf-8")
+        lines = [list(rows[0])] + [list(r.values()) for r in rows]
+        path.write_text("".join("\t".join(map(str, line)) + "\n" for line in lines), encoding="utf-8")
     elif fmt == "json":
         path.write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
     elif fmt == "jsonl":
@@ -100,6 +100,14 @@ def test_multilabel_ids_with_classes_map(tmp_path):
     mixed = [{"text": "a", "label": [2, "x"]}, {"text": "b", "label": ["y"]}]
     ds = load(tmp_path, by_id, mixed, ext="json", multilabel=True, classes_map=str(tmp_path / "map.json"))
     assert ds.train.labels == [[0, 2], [1]]
+
+
+def test_read_labelled_file_uses_the_model_classes(tmp_path):
+    cfg = DataConfig(train="unused.csv", clean=CleanConfig(lowercase=True))
+    path = write(tmp_path / "extra.csv", ROWS)
+    assert read_labelled_file(cfg, path, ["pos", "neg"]) == Split([r["text"].lower() for r in ROWS], [0, 1, 0, 1])
+    with pytest.raises(DataError, match=r"extra.csv: line 3: label 'neg' is not one of the model's classes \(pos\)"):
+        read_labelled_file(cfg, path, ["pos"])
 
 
 def imbalanced(n=100):
@@ -237,12 +245,11 @@ def test_real_tweet_eval_emotion():
 def error_of(tmp_path, train_text: str, name="train.csv", val_text=None, **kw) -> str:
     train = tmp_path / name
     train.write_bytes(train_text.encode() if isinstance(train_text, str) else train_text)
-    val = None
+    val = tmp_path / "val.csv"
     if val_text is not None:
-        val = tmp_path / "val.csv"
         val.write_text(val_text)
     with pytest.raises(DataError) as info:
-        load_dataset(DataConfig(train=str(train), val=str(val) if val else None, **kw), 0)
+        load_dataset(DataConfig(train=str(train), val=str(val) if val_text is not None else None, **kw), 0)
     return str(info.value)
 
 
