@@ -132,6 +132,27 @@ class TuneConfig(Section):
     max_concurrent: Optional[int] = Field(None, ge=1, description="Trials at once (default: cv.parallel).")
 
 
+class DistillConfig(Section):
+    enabled: bool = Field(False, description="Distill the trained model(s) into a student after training.")
+    mode: Literal["cross", "self"] = Field("cross", description="cross: teacher logits -> any student; self: TextBrewer layer-to-layer into a shallower copy of an HF teacher.")
+    teacher: str = Field("ensemble", pattern=r"^(ensemble|fold:\d+)$", description="ensemble: all K fold models (multi-teacher); fold:<k>: one fold model.")
+    teacher_mix: Literal["average", "take_turns"] = Field("average", description="Multi-teacher: average the K teachers' logits, or one teacher per epoch in turn.")
+    student: ModelConfig = Field(default_factory=lambda: ModelConfig(kind="small", arch="textcnn"), description="cross: the student model.")
+    loss: Literal["kl", "ce", "mse"] = Field("kl", description="Soft loss against the teacher: KL or soft CE with temperature, or MSE on logits.")
+    temperature: float = Field(4.0, gt=0, description="Softmax temperature of the soft loss (kl/ce).")
+    alpha: float = Field(0.9, ge=0, le=1, description="Weight of the soft loss; 1 - alpha weighs the hard-label loss.")
+    student_layers: list[int] = Field(default_factory=lambda: [1, 3, 5], description="self: teacher layers (0-based) copied into the student, one per student layer.")
+    intermediate: list[Literal["hidden", "attention"]] = Field(default_factory=lambda: ["hidden"], description="self: intermediate matches between mapped layers.")
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(epochs=10, lr=2e-3, early_stopping_patience=3), description="Training options of the student.")
+
+
+class PruneConfig(Section):
+    mode: Literal["none", "vocabulary", "transformer", "pipeline"] = Field("none", description="TextPruner: vocabulary (tokens seen in the data), transformer (heads + FFN) or pipeline (both).")
+    target_num_heads: Optional[int] = Field(None, ge=1, description="transformer: attention heads kept per layer (default: 2/3 of them).")
+    target_ffn_size: Optional[int] = Field(None, ge=1, description="transformer: FFN neurons kept per layer (default: 2/3 of them).")
+    iterations: int = Field(4, ge=1, description="transformer: pruning iterations (importance re-estimated each time).")
+
+
 class ExportConfig(Section):
     onnx: bool = Field(False, description="Export the final model(s) to ONNX and check parity.")
     int8: bool = Field(False, description="Also write a dynamically quantized int8 ONNX model.")
@@ -156,6 +177,8 @@ class ExperimentConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training loop and tricks.")
     cv: CVConfig = Field(default_factory=CVConfig, description="Cross-validation.")
     tune: TuneConfig = Field(default_factory=TuneConfig, description="Hyperparameter search.")
+    distill: DistillConfig = Field(default_factory=DistillConfig, description="Knowledge distillation into a student.")
+    prune: PruneConfig = Field(default_factory=PruneConfig, description="TextPruner pruning of the final HF model.")
     export: ExportConfig = Field(default_factory=ExportConfig, description="ONNX export.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Ray Serve deployment.")
 

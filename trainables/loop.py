@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.hooks import HookList, TrainState
+from trainables.hooks import Hook, HookList, TrainState
 from trainables.inference import predict_logits
 from trainables.losses import build_loss
 from trainables.metrics import compute_metrics, probabilities
@@ -108,7 +108,9 @@ class Trainer:
     """Trains one model on one fold. ``fit`` yields control to ``on_epoch`` after every epoch."""
 
     def __init__(self, model: nn.Module, data: FoldData, cfg: Any, seed: int = 42,
-                 device: str | torch.device = "cpu", rank: int = 0, world: int = 1, log: Callable[[str], None] = lambda _: None):
+                 device: str | torch.device = "cpu", rank: int = 0, world: int = 1, log: Callable[[str], None] = lambda _: None,
+                 extra_hooks: Sequence[Hook] = ()):
+        """``extra_hooks`` join the config's tricks (e.g. distillation, which needs teacher logits)."""
         self.data, self.cfg, self.seed, self.rank, self.world, self.log = data, cfg, seed, rank, world, log
         self.device = torch.device(device)
         self.model = model.to(self.device)
@@ -120,7 +122,7 @@ class Trainer:
         loss_fn = build_loss(cfg, data.num_classes, data.multilabel, data.class_counts())
         self.state = TrainState(model=self.model, optimizer=optimizer, loss_fn=loss_fn, autocast=autocast,
                                 scaler=scaler, grad_accum=cfg.grad_accum)
-        self.hooks: HookList = build_hooks(cfg, data.multilabel)
+        self.hooks: HookList = HookList([*build_hooks(cfg, data.multilabel).hooks, *extra_hooks])
         self.fit_state = FitState()
         self.best_weights: Optional[dict[str, torch.Tensor]] = None
         self._started = False
@@ -173,6 +175,7 @@ class Trainer:
         labels = self.data.train_labels[rows]
         labels = torch.as_tensor(labels, dtype=torch.float32 if self.data.multilabel else torch.long)
         batch = collate([self.data.train_ids[r] for r in rows], labels, self.data.pad_id)
+        batch["index"] = torch.as_tensor(rows, dtype=torch.long)  # rows of train: hooks look up per-row data (teacher logits)
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def _optimizer_step(self) -> None:

@@ -62,7 +62,7 @@ def train_fold_worker(config: dict) -> None:
     if world > 1:
         model = ray.train.torch.prepare_model(model)
     trainer = Trainer(model, data, train_cfg, seed=config["seed"], device=device, rank=rank, world=world,
-                      log=print if rank == 0 else (lambda _: None))
+                      log=print if rank == 0 else (lambda _: None), extra_hooks=payload.get("hooks", ()))
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
