@@ -17,6 +17,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from orchestrator.artifacts import RunDir, write_json
+from orchestrator.atomic import atomic_write_text
 from orchestrator.config import ExperimentConfig
 from orchestrator.data import Dataset, label_matrix
 from trainables.loop import FoldData
@@ -83,9 +84,26 @@ def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, fold: int, payload_r
     )
 
 
-def collect_fold(result: Any, fold: int, folder: Path, metric: str, started: float) -> FoldResult:
+def write_epoch_logs(folder: Path, history: list[dict], best: dict, hparams: dict) -> None:
+    """Per-epoch metrics as metrics.csv and TensorBoard event files (with the hyperparameters used)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    columns = sorted({k for h in history for k in h})
+    lines = [",".join(columns)] + [",".join(str(h.get(c, "")) for c in columns) for h in history]
+    atomic_write_text(folder / "metrics.csv", "\n".join(lines) + "\n")
+    with SummaryWriter(log_dir=str(folder / "tensorboard")) as writer:
+        for h in history:
+            for key, value in h.items():
+                if key != "epoch":
+                    writer.add_scalar(key, value, h["epoch"])
+        flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+        writer.add_hparams(flat, {f"hparam/{k}": v for k, v in best.items() if k.startswith("val_")}, run_name=".")
+
+
+def collect_fold(result: Any, fold: int, folder: Path, metric: str, started: float, hparams: Optional[dict] = None) -> FoldResult:
     """Copy the best model out of the fold's last Ray checkpoint into ``folder``/model and record
-    its history in ``folder``/history.json; ``metric`` is train.metric (loss is minimised)."""
+    its history in ``folder``/history.json, metrics.csv and tensorboard/; ``metric`` is train.metric
+    (loss is minimised)."""
     from trainables.ray_worker import BEST_DIR, load_train_state
 
     if result.checkpoint is None:
@@ -102,7 +120,8 @@ def collect_fold(result: Any, fold: int, folder: Path, metric: str, started: flo
     pick = min if metric == "loss" else max
     best = pick(history, key=lambda h: h[f"val_{metric}"])
     elapsed = time.perf_counter() - started
-    write_json(folder / "history.json", {"history": history, "best": best, "train_time_s": elapsed})
+    write_json(folder / "history.json", {"history": history, "best": best, "train_time_s": elapsed, "hparams": hparams or {}})
+    write_epoch_logs(folder, history, best, hparams or {})
     return FoldResult(fold, target, history, best, elapsed)
 
 

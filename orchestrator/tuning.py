@@ -26,6 +26,7 @@ from orchestrator.training import FoldResult, build_torch_trainer, collect_fold
 
 TRIAL_INDEX = "__trial_index__"
 TUNE_NAME = "tune"
+TRIAL_CPU = 0.01  # the trial function only drives its TorchTrainer (Tune rejects 0)
 _DIST = re.compile(r"^\s*(uniform|loguniform|quniform|choice|randint|grid)\s*\((.*)\)\s*$", re.S)
 
 
@@ -102,6 +103,18 @@ def build_scheduler(cfg: ExperimentConfig):
     return ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs, grace_period=1, reduction_factor=2)
 
 
+def check_fits(cfg: ExperimentConfig) -> None:
+    """Fail fast where one fold's workers (+ the 0.01-CPU trial driver) can never be placed: Ray would wait forever."""
+    import ray
+
+    need = cfg.train.num_workers * cfg.train.cpus_per_worker + TRIAL_CPU
+    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
+    have = sum(nodes)
+    if need > have:
+        raise ConfigError(f"train.cpus_per_worker: {cfg.train.num_workers} worker(s) x {cfg.train.cpus_per_worker} CPU "
+                          f"+ {TRIAL_CPU} for the trial exceed the cluster's {have:g} CPUs; lower it (train.torch_threads sets threads apart)")
+
+
 def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> None:
     """One Tune trial = one fold of one config: fit its TorchTrainer, keep its best model in trials/<id>/."""
     import ray
@@ -120,7 +133,8 @@ def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> Non
     trial_id = tune.get_context().get_trial_id()
     started = time.perf_counter()
     trainer = build_torch_trainer(cfg, run, fold, ray.put(payload), callbacks=[TuneReportCallback()], name=f"trial_{trial_id}")
-    result = collect_fold(trainer.fit(), fold, run.root / "trials" / trial_id, cfg.train.metric, started)
+    hparams = {f"{section}.{k}": v for section in ("model", "train") for k, v in getattr(cfg, section).model_dump(mode="json").items()}
+    result = collect_fold(trainer.fit(), fold, run.root / "trials" / trial_id, cfg.train.metric, started, hparams)
     metric = cfg.tune.metric
     tune.report({metric: result.best[metric], "fold": fold, "best_epoch": result.best["epoch"],
                  "fold_train_time_s": result.train_time_s, "done": 1})
@@ -138,11 +152,12 @@ def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = 
     import ray
     from ray import tune
 
+    check_fits(cfg)
     search_alg, param_space, num_samples = build_search(cfg)
     trainable = tune.with_resources(
         tune.with_parameters(fold_trial, base_cfg=cfg.model_dump(mode="json"), run_root=str(run.root.resolve()),
                              shared=shared),  # with_parameters puts it in the object store once
-        {"CPU": 0.01},
+        {"CPU": TRIAL_CPU},
     )
     path = run.ray_storage / TUNE_NAME
     if resume and tune.Tuner.can_restore(str(path)):
