@@ -12,7 +12,8 @@ from torch import nn
 from orchestrator.ensemble import Ensemble
 from orchestrator.onnx_ensemble import OnnxEnsemble
 from trainables.export import (
-    ExportError, compare_logits, export_model_dir, export_onnx, onnx_logits, onnx_session, parity_check, quantize_int8,
+    ExportError, compare_logits, export_model_dir, export_onnx, model_type, onnx_logits, onnx_session, parity_check,
+    quantize_int8,
 )
 from trainables.inference import predict_logits
 from trainables.models import save_model_dir
@@ -92,10 +93,12 @@ def test_onnx_logits_match_torch_at_other_batch_sizes_and_lengths(name, tmp_path
         assert parity["max_abs_diff"] <= 1e-4 and parity["same_predictions"], parity
 
 
-def test_parity_check_batches_by_length_and_keeps_input_order(tmp_path):
+def test_onnx_logits_batch_by_length_and_keep_input_order(tmp_path):
     model = build("textrnn-gru")
     session = onnx_session(export_onnx(model, tmp_path / "m.onnx"))
     ids = random_rows(11, 9, len(VOCAB)) + [[]]
+    one_by_one = np.concatenate([predict_logits(model, [row], 0) for row in ids])
+    assert np.abs(onnx_logits(session, ids, 0, batch_size=4) - one_by_one).max() <= 1e-4
     parity = parity_check(model, session, ids, 0, batch_size=4)
     assert parity["n"] == 12 and parity["same_predictions"] and parity["max_abs_diff"] <= 1e-4
     assert set(parity) >= {"max_abs_diff", "mean_abs_diff", "same_predictions", "n"}
@@ -153,7 +156,7 @@ def save_dirs(root, builder, encoder, cfg, meta, folds=2):
     dirs = []
     for fold in range(folds):
         directory = root / f"fold{fold}"
-        save_model_dir(directory, builder(fold), encoder, cfg, meta)
+        save_model_dir(directory, builder(), encoder, cfg, meta)
         dirs.append(directory)
     return dirs
 
@@ -185,7 +188,7 @@ def check_export_dirs(tmp_path, model_dirs, texts, int8):
 def test_export_model_dir_small_models_int8(tmp_path):
     cfg = small_config(arch="transformer", hidden_size=16)
     meta = {"classes": ["a", "b", "c"], "multilabel": False, "threshold": 0.5}
-    dirs = save_dirs(tmp_path / "models", lambda fold: build_small_model(cfg, 3, VOCAB), VOCAB, cfg, meta)
+    dirs = save_dirs(tmp_path / "models", lambda: build_small_model(cfg, 3, VOCAB), VOCAB, cfg, meta)
     check_export_dirs(tmp_path, dirs, TEXTS, int8=True)
 
 
@@ -193,9 +196,19 @@ def test_export_model_dir_hf_multilabel(tmp_path):
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w for t in TEXTS for w in t.split()})
     (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
     encoder = HFTextEncoder(transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")), max_length=12)
-    cfg = SimpleNamespace(kind="hf", name="tiny-bert", max_length=12, dropout=0.1, multi_sample_dropout=1, pooling="cls")
+    cfg = SimpleNamespace(kind="hf", name="tiny-bert", max_length=12, dropout=0.1, multi_sample_dropout=1,
+                          pooling="cls")
     meta = {"classes": ["x", "y"], "multilabel": True, "threshold": 0.5}
     config = transformers.BertConfig(**{**TINY, "vocab_size": len(words)})
-    dirs = save_dirs(tmp_path / "models", lambda fold: HFClassifier.from_config(config, 2, pooling="cls"), encoder, cfg,
+    dirs = save_dirs(tmp_path / "models", lambda: HFClassifier.from_config(config, 2, pooling="cls"), encoder, cfg,
                      meta, folds=1)
+    stale = tmp_path / "onnx" / "fold0" / "model.int8.onnx"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"int8 model of older weights")
     check_export_dirs(tmp_path, dirs, TEXTS, int8=False)
+    assert not stale.exists()
+
+
+def test_model_type_is_the_hf_model_type_or_the_class_name():
+    assert model_type(build("deberta-v3")) == "deberta-v2"
+    assert model_type(build("textcnn")) == "TextCNN"
