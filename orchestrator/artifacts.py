@@ -77,15 +77,19 @@ class RunDir:
             if overwrite:
                 shutil.rmtree(root)
             elif resume:
-                old = run.manifest().get("config_hash")
-                if old is not None and old != cfg.hash():
-                    raise RunDirError(f"{root}: --resume needs the same config (run has {old}, file gives {cfg.hash()}); use --overwrite or a new name")
+                manifest = run.manifest()
+                if manifest.get("train_key", cfg.train_key()) != cfg.train_key():
+                    raise RunDirError(f"{root}: --resume cannot change what trains the folds (seed, data, model, train, cv, tune); "
+                                      "use --overwrite or a new name")
+                # later sections may change: their stages rerun, cached ones are skipped
+                manifest.update(config=cfg.model_dump(mode="json"), config_hash=cfg.hash())
+                write_json(run.manifest_path, manifest)
                 return run
             else:
                 raise RunDirError(f"{root}: run directory exists; pass --resume to continue it or --overwrite to start over")
         root.mkdir(parents=True, exist_ok=True)
         write_json(run.manifest_path, {
-            "name": cfg.name, "config_hash": cfg.hash(), "config": cfg.model_dump(mode="json"),
+            "name": cfg.name, "config_hash": cfg.hash(), "train_key": cfg.train_key(), "config": cfg.model_dump(mode="json"),
             "versions": package_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {}, "metrics": {},
         })
         return run

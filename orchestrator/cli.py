@@ -95,7 +95,7 @@ def print_summary(summary) -> None:
 
 def cmd_test(args) -> int:
     from orchestrator.ensemble import Ensemble
-    from orchestrator.pipeline import evaluate_split, load_saved_split
+    from orchestrator.pipeline import evaluate_split, evaluation_split
     from orchestrator.report import print_report
 
     run = RunDir.open(args.run)
@@ -105,8 +105,7 @@ def cmd_test(args) -> int:
 
         split = read_labelled_file(run.config().data, args.file, ensemble.classes)
     else:
-        path = run.root / "data" / "test.jsonl"
-        split = load_saved_split(path if path.is_file() else run.root / "data" / "val.jsonl", ensemble.classes, ensemble.multilabel)
+        split = evaluation_split(run)
     out = Path(args.out) if args.out else run.test_dir
     metrics = evaluate_split(run, ensemble, split, ensemble.classes, ensemble.multilabel, out_dir=out)
     print_report(metrics, metrics["per_class"], console=console)

@@ -16,6 +16,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
+TRAIN_SECTIONS = ("seed", "data", "model", "train", "cv", "tune")
+
+
 class ConfigError(ValueError):
     """A bad experiment file: the message is one line naming the file and key."""
 
@@ -194,6 +197,11 @@ class ExperimentConfig(Section):
     def hash(self) -> str:
         """Stable short hash of the resolved config."""
         return config_hash(self.model_dump(mode="json"))
+
+    def train_key(self) -> str:
+        """Hash of what defines the fold models; later stages (distill, prune, export, serve) are outside it."""
+        dumped = self.model_dump(mode="json")
+        return config_hash({k: dumped[k] for k in TRAIN_SECTIONS})
 
 
 def config_hash(obj: Any) -> str:

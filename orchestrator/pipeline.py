@@ -1,7 +1,8 @@
-"""The experiment as stages: data -> train folds -> evaluate (OOF + test) -> summary.
+"""The experiment as stages: data -> train folds (Tune) -> evaluate (OOF + test) -> distill ->
+prune -> export (orchestrator/stages.py) -> summary.
 
-Each stage records its status in manifest.json; ``--resume`` skips folds that finished.
-Ray is started (or joined with ``address``) once, here, and nowhere else.
+Each stage records its status and cache key in manifest.json. Ray is started (or joined with
+``address``) once, here, and nowhere else.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from orchestrator.config import ExperimentConfig
 from orchestrator.data import Dataset, Split, kfold_splits, load_dataset, load_stop_words
 from orchestrator.ensemble import Ensemble
 from orchestrator.report import write_test_report
-from orchestrator.training import FoldResult, label_array, model_meta
+from orchestrator.stages import run_stages
+from orchestrator.training import FoldResult, label_array, load_fold_result, model_meta
 from orchestrator.tuning import tune_folds
 from trainables.inference import predict_logits
 from trainables.metrics import compute_metrics, probabilities
@@ -33,6 +35,7 @@ class RunSummary:
     test_metrics: dict
     oof_metrics: Optional[dict]
     trials: list[dict]
+    stages: dict
 
 
 def init_ray(address: Optional[str] = None) -> None:
@@ -73,9 +76,29 @@ def fold_plan(dataset: Dataset, folds: int, seed: int) -> tuple[Split, list[tupl
     return pool, kfold_splits(pool.labels, folds, seed, dataset.multilabel)
 
 
+def evaluation_split(run: RunDir) -> Split:
+    """The run's honest evaluation split: data/test.jsonl, else data/val.jsonl (single-model runs)."""
+    data = run.stage("data")
+    path = run.root / "data" / "test.jsonl"
+    return load_saved_split(path if path.is_file() else run.root / "data" / "val.jsonl", data["classes"], data["multilabel"])
+
+
+def prepare_folds(cfg: ExperimentConfig, dataset: Dataset) -> dict:
+    """Tokenize the train+val pool once; the fold plan, labels and encoder that every trial shares."""
+    stop_words = load_stop_words(cfg.data.stop_words) if cfg.data.stop_words else []
+    encoder = build_text_encoder(cfg.model, dataset.train.texts, stop_words)
+    pool, plan = fold_plan(dataset, cfg.cv.folds, cfg.seed)
+    return {"ids": encoder.encode(pool.texts), "labels": label_array(pool.labels, len(dataset.classes), dataset.multilabel),
+            "plan": plan, "encoder": encoder, "meta": model_meta(cfg, dataset)}
+
+
 def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False,
                    address: Optional[str] = None, log=print) -> RunSummary:
-    """Run every stage of the experiment; raises DataError/ConfigError/RunDirError before writing anything."""
+    """Run every stage of the experiment; raises DataError/ConfigError/RunDirError before writing anything.
+
+    With ``resume``, training and evaluation whose key is unchanged are reused, an interrupted Tune
+    experiment continues, and the post-training stages rerun only where their config changed.
+    """
     dataset = load_dataset(cfg.data, cfg.seed)
     run = RunDir.create(cfg, resume=resume, overwrite=overwrite)
     run.update("data", "done", classes=dataset.classes, multilabel=dataset.multilabel,
@@ -85,36 +108,44 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool 
         split = getattr(dataset, name)
         if split is not None:
             save_split(run.root / "data" / f"{name}.jsonl", split, dataset.classes, dataset.multilabel)
-
     init_ray(address)
-    stop_words = load_stop_words(cfg.data.stop_words) if cfg.data.stop_words else []
-    encoder = build_text_encoder(cfg.model, dataset.train.texts, stop_words)
-    pool, plan = fold_plan(dataset, cfg.cv.folds, cfg.seed)
-    ids = encoder.encode(pool.texts)
-    labels = label_array(pool.labels, len(dataset.classes), dataset.multilabel)
 
-    shared = {"ids": ids, "labels": labels, "plan": plan, "encoder": encoder, "meta": model_meta(cfg, dataset)}
-    log(f"training {len(plan)} fold(s) x {cfg.tune.samples if cfg.tune.search else 1} config(s) of "
-        f"{cfg.model.kind}:{cfg.model.arch if cfg.model.kind == 'small' else cfg.model.name} on {len(pool.texts)} texts")
-    run.update("train", "running")
-    outcome = tune_folds(cfg, run, shared, resume=resume, log=log)
-    results = outcome.folds
-    metric = cfg.train.metric
-    run.update("train", "done", folds=len(results), best_config=outcome.best_config,
-               metrics={f"fold{r.fold}_val_{metric}": r.best[f"val_{metric}"] for r in results})
+    key = cfg.train_key()
+    cached = resume and run.stage("train").get("key") == key and run.stage("train").get("status") == "done"
+    shared = None if cached else prepare_folds(cfg, dataset)
+    if cached:
+        log("train: unchanged, fold models reused")
+        results = [load_fold_result(run, k) for k in range(cfg.cv.folds)]
+        trials = json.loads((run.root / "trials.json").read_text())["trials"]
+    else:
+        log(f"training {cfg.cv.folds} fold(s) x {cfg.tune.samples if cfg.tune.search else 1} config(s) of "
+            f"{cfg.model.kind}:{cfg.model.arch if cfg.model.kind == 'small' else cfg.model.name} on {len(shared['ids'])} texts")
+        run.update("train", "running", key=key)
+        outcome = tune_folds(cfg, run, shared, resume=resume, log=log)
+        results, trials = outcome.folds, outcome.trials
+        metric = cfg.train.metric
+        run.update("train", "done", key=key, folds=len(results), best_config=outcome.best_config,
+                   metrics={f"fold{r.fold}_val_{metric}": r.best[f"val_{metric}"] for r in results})
 
+    if cached and run.stage("evaluate").get("key") == key:
+        evaluation = run.stage("evaluate")["result"]
+    else:
+        evaluation = evaluate_run(cfg, run, dataset, shared or prepare_folds(cfg, dataset), results)
+        run.update("evaluate", "done", key=key, result=evaluation,
+                   metrics={f"test_{k}": v for k, v in evaluation["test"].items() if isinstance(v, float)})
+    stage_results = run_stages(cfg, run, log)
+    return RunSummary(run, results, evaluation["test"], evaluation["oof"], trials, stage_results)
+
+
+def evaluate_run(cfg: ExperimentConfig, run: RunDir, dataset: Dataset, shared: dict, results: list[FoldResult]) -> dict:
+    """OOF metrics (K > 1) and the ensemble's test report next to each single fold's test metrics."""
     ensemble = Ensemble([r.model_dir for r in results])
-    oof = evaluate_oof(run, ensemble, ids, labels, plan, dataset) if cfg.cv.folds > 1 else None
+    oof = evaluate_oof(run, ensemble, shared["ids"], shared["labels"], shared["plan"], dataset) if cfg.cv.folds > 1 else None
     # With K folds, val rows are in the training pool: only a separate test split is honest.
     test_split = dataset.test or (dataset.val if cfg.cv.folds == 1 else None)
-    test_metrics = {}
-    if test_split is not None:
-        test_metrics = evaluate_split(run, ensemble, test_split, dataset.classes, dataset.multilabel)
-        run.update("test", "done", split="test" if dataset.test else "val",
-                   metrics={f"test_{k}": v for k, v in test_metrics.items() if isinstance(v, float)})
-    else:
-        run.update("test", "skipped", reason="cv.folds > 1 and no test split: see oof_metrics.json")
-    return RunSummary(run, results, test_metrics, oof, outcome.trials)
+    test = evaluate_split(run, ensemble, test_split, dataset.classes, dataset.multilabel) if test_split else {}
+    return {"oof": oof, "test": {k: v for k, v in test.items() if k != "per_class"},
+            "test_split": "test" if dataset.test else ("val" if test_split else None)}
 
 
 def evaluate_oof(run: RunDir, ensemble: Ensemble, ids, labels: np.ndarray, plan, dataset: Dataset) -> dict:
@@ -126,15 +157,18 @@ def evaluate_oof(run: RunDir, ensemble: Ensemble, ids, labels: np.ndarray, plan,
         covered[val_idx] += 1
     np.save(run.root / "oof_logits.npy", oof)
     metrics = compute_metrics(labels, probabilities(oof, dataset.multilabel), dataset.multilabel, ensemble.threshold)
-    metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
     write_json(run.root / "oof_metrics.json", {**metrics, "rows": len(ids), "rows_covered_once": int((covered == 1).sum())})
-    run.update("oof", "done", metrics={f"oof_{k}": v for k, v in metrics.items()})
     return metrics
 
 
 def evaluate_split(run: RunDir, ensemble: Ensemble, split: Split, classes: list[str], multilabel: bool,
                    out_dir: Optional[Path] = None) -> dict:
-    """Ensemble report on a split: per-class table, confusion matrix, badcases, metrics.json."""
+    """Ensemble report on a split (per-class table, confusion matrix, badcases, metrics.json) plus
+    ``folds``: each single fold's metrics on the same split, from the same fold logits."""
+    out = out_dir or run.test_dir
     gold = label_array(split.labels, len(classes), multilabel)
-    probs = ensemble.predict_proba(split.texts)
-    return write_test_report(out_dir or run.test_dir, split.texts, gold, probs, classes, multilabel, ensemble.threshold)
+    fold_logits = ensemble.fold_logits(ensemble.encode(split.texts))
+    metrics = write_test_report(out, split.texts, gold, ensemble.combine(fold_logits), classes, multilabel, ensemble.threshold)
+    folds = [compute_metrics(gold, probabilities(l, multilabel), multilabel, ensemble.threshold) for l in fold_logits]
+    write_json(out / "folds.json", {"ensemble": {k: v for k, v in metrics.items() if k != "per_class"}, "folds": folds})
+    return {**metrics, "folds": folds}

@@ -30,3 +30,15 @@ def in_tmp(tmp_path, monkeypatch):
     """Run with the working directory in tmp_path (runs/ is created there)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def smoke_run(ray_session, tmp_path_factory):
+    """experiments/smoke.yaml trained once through the real pipeline (Ray Tune + Train) for the whole
+    session. Treat it as read-only: copy ``smoke_run.run.root`` before changing anything."""
+    from orchestrator.config import load_config
+    from orchestrator.pipeline import run_experiment
+
+    cfg = load_config(ROOT / "experiments" / "smoke.yaml")
+    cfg.runs_dir = str(tmp_path_factory.mktemp("runs"))
+    return run_experiment(cfg, log=lambda *_: None)

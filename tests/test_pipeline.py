@@ -17,24 +17,21 @@ from trainables.metrics import compute_metrics, probabilities
 SMOKE = ROOT / "experiments" / "smoke.yaml"
 
 
-@pytest.fixture(scope="module")
-def smoke_run(ray_session, tmp_path_factory):
-    """One smoke run shared by the tests of this module."""
-    cfg = load_config(SMOKE)
-    cfg.runs_dir = str(tmp_path_factory.mktemp("runs"))
-    return run_experiment(cfg, log=lambda *_: None)
-
-
 def test_smoke_run_writes_a_complete_run_directory(smoke_run):
     root = smoke_run.run.root
     manifest = json.loads((root / "manifest.json").read_text())
-    assert {s: manifest["stages"][s]["status"] for s in ("data", "train", "test")} == {"data": "done", "train": "done", "test": "done"}
+    assert {s: manifest["stages"][s]["status"] for s in ("data", "train", "evaluate")} == {"data": "done", "train": "done", "evaluate": "done"}
     assert manifest["config_hash"] == load_config(SMOKE).model_copy(update={"runs_dir": manifest["config"]["runs_dir"]}).hash()
     assert manifest["versions"]["ray"].startswith("2.")
     for name in ("model.pt", "model.json", "text_encoder.json"):
         assert (root / "folds" / "0" / "model" / name).is_file()
     history = json.loads((root / "folds" / "0" / "history.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
+    csv_lines = (root / "folds" / "0" / "metrics.csv").read_text().splitlines()
+    assert len(csv_lines) == 3 and "val_macro_f1" in csv_lines[0].split(",")
+    assert any(p.name.startswith("events.out.tfevents") for p in (root / "folds" / "0" / "tensorboard").rglob("*"))
+    folds = json.loads((root / "test" / "folds.json").read_text())
+    assert len(folds["folds"]) == 1 and folds["folds"][0]["macro_f1"] == pytest.approx(folds["ensemble"]["macro_f1"])
     for name in ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png", "badcases.csv"):
         assert (root / "test" / name).stat().st_size > 0
     # real data, 600 training rows, 2 epochs: clearly better than chance (0.5)

@@ -1,0 +1,117 @@
+"""Post-training stages (distill -> prune -> export) as chained, cached Ray remote tasks.
+
+A stage's cache key hashes its own config sections and the key of the stage before it (the first
+one follows training), so an unchanged experiment skips every stage and a changed ``distill``
+section reruns distill and what follows, never the training. Stages are submitted at once, each
+task taking the previous task's ObjectRef, so Ray runs them in order without the driver waiting in
+between; only the driver writes manifest.json.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from orchestrator.artifacts import RunDir
+from orchestrator.config import ExperimentConfig, config_hash
+
+def _distill(cfg: ExperimentConfig, run: RunDir, upstream: Optional[dict]) -> dict:
+    from orchestrator.distill_stage import run_distill
+
+    return run_distill(cfg, run)
+
+
+def _prune(cfg: ExperimentConfig, run: RunDir, upstream: Optional[dict]) -> dict:
+    from orchestrator.prune_stage import run_prune
+
+    student = run.root / "distill" / "model"
+    hf_student = cfg.distill.enabled and json.loads((student / "model.json").read_text())["model"]["kind"] == "hf"
+    return run_prune(cfg, run, source_dir=student if hf_student else None)
+
+
+def export_sources(run: RunDir) -> dict[str, Path]:
+    """Every model directory of the run that export covers: folds, student, pruned model."""
+    sources = {f"fold_{d.parent.name}": d for d in run.fold_model_dirs()}
+    for name, folder in (("student", "distill"), ("pruned", "prune")):
+        if (run.root / folder / "model" / "model.json").is_file():
+            sources[name] = run.root / folder / "model"
+    return sources
+
+
+EXPORT_THREADS = 1  # ONNX Runtime threads of the export task = the CPUs it reserves
+
+
+def _export(cfg: ExperimentConfig, run: RunDir, upstream: Optional[dict]) -> dict:
+    from orchestrator.pipeline import evaluation_split
+    from trainables.export import export_model_dir
+    from trainables.tokenization import load_text_encoder
+
+    split = evaluation_split(run)
+    results = {}
+    for name, source in export_sources(run).items():
+        encoder = load_text_encoder(source)  # each model has its own encoder (e.g. a pruned vocabulary)
+        parity = export_model_dir(source, run.root / "export" / name, encoder.encode(split.texts),
+                                  int8=cfg.export.int8, threads=EXPORT_THREADS)
+        if not parity["ok"]:
+            raise RuntimeError(f"export {name}: ONNX parity failed (max |diff| {parity['max_abs_diff']:.2e}, "
+                               f"same predictions: {parity['same_predictions']}); see {run.root / 'export' / name / 'parity.json'}")
+        results[name] = parity
+    return results
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    sections: tuple[str, ...]
+    enabled: Callable[[ExperimentConfig], bool]
+    run: Callable[[ExperimentConfig, RunDir, Optional[dict]], dict]
+    num_cpus: float  # stages that drive a TorchTrainer only wait on it: a sliver, so its workers fit
+
+
+STAGES = (
+    Stage("distill", ("distill",), lambda c: c.distill.enabled, _distill, 0.01),
+    Stage("prune", ("prune",), lambda c: c.prune.mode != "none", _prune, 1.0),
+    Stage("export", ("export",), lambda c: c.export.onnx, _export, float(EXPORT_THREADS)),
+)
+
+
+def _run_remote(name: str, cfg_json: dict, run_root: str, upstream: Optional[dict]) -> dict:
+    stage = next(s for s in STAGES if s.name == name)
+    return stage.run(ExperimentConfig.model_validate(cfg_json), RunDir(Path(run_root)), upstream)
+
+
+def run_stages(cfg: ExperimentConfig, run: RunDir, log: Callable[[str], Any] = print) -> dict[str, dict]:
+    """Submit the enabled stages as a chain of Ray tasks, skipping cached ones; record each result."""
+    import ray
+
+    dumped = cfg.model_dump(mode="json")
+    upstream_key, upstream = cfg.train_key(), None
+    plan = []
+    for stage in STAGES:
+        if not stage.enabled(cfg):
+            continue
+        key = config_hash({"after": upstream_key, **{s: dumped[s] for s in stage.sections}})
+        record = run.stage(stage.name)
+        if record.get("status") == "done" and record.get("key") == key:
+            log(f"{stage.name}: unchanged, cached result reused")
+            upstream = record.get("result")
+        else:
+            task = ray.remote(num_cpus=stage.num_cpus, max_retries=0)(_run_remote)
+            upstream = task.remote(stage.name, dumped, str(run.root.resolve()), upstream)
+            log(f"{stage.name}: submitted")
+        plan.append((stage, key, upstream))
+        upstream_key = key
+    results = {}
+    for stage, key, value in plan:
+        if isinstance(value, ray.ObjectRef):
+            run.update(stage.name, "running", key=key)
+            try:
+                value = ray.get(value)
+            except Exception as exc:
+                run.update(stage.name, "failed", key=key, error=str(exc).splitlines()[0])
+                raise
+            run.update(stage.name, "done", key=key, result=value)
+            log(f"{stage.name}: done")
+        results[stage.name] = value
+    return results
