@@ -27,12 +27,15 @@ def resolve_pretrained(name: str) -> str:
 
 
 class HFClassifier(nn.Module):
-    """``forward(input_ids, attention_mask) -> logits``; pooling is the [CLS] token or the masked mean."""
+    """``forward(input_ids, attention_mask) -> logits``; pooling is the [CLS] token (first, or last for
+    XLNet) or the masked mean."""
 
     def __init__(self, encoder: nn.Module, num_classes: int, dropout: float = 0.1, samples: int = 1, pooling: str = "mean"):
         super().__init__()
         self.encoder = encoder
         self.pooling = pooling
+        # XLNet's tokenizer puts <cls> last ("A <sep> <cls>"); collate pads on the right, so it is the last real token
+        self.cls_last = encoder.config.model_type == "xlnet"
         self.head = ClassifierHead(encoder.config.hidden_size, num_classes, dropout, samples)
 
     @classmethod
@@ -52,7 +55,10 @@ class HFClassifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        if self.pooling == "cls":
+        if self.pooling == "cls" and self.cls_last:
+            last = (attention_mask.sum(1) - 1).clamp(min=0)
+            pooled = hidden.gather(1, last[:, None, None].expand(-1, 1, hidden.size(-1))).squeeze(1)
+        elif self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
