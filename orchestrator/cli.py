@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     mode = run.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an existing run directory (same config)")
     mode.add_argument("--overwrite", action="store_true", help="delete an existing run directory and start over")
+    run.add_argument("--resume-from", metavar="RUN", help="incremental training: start each fold from RUN's last training state (model, optimizer, scheduler, RNG)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=1 (YAML value)")
 
     test = sub.add_parser("test", help="evaluate a run on its test split or a file")
@@ -64,7 +65,8 @@ def cmd_run(args) -> int:
     from orchestrator.pipeline import run_experiment
 
     cfg = load_config(args.config, _overrides(args.set))
-    summary = run_experiment(cfg, resume=args.resume, overwrite=args.overwrite, address=args.address, log=console.print)
+    summary = run_experiment(cfg, resume=args.resume, overwrite=args.overwrite, address=args.address, log=console.print,
+                             resume_from=args.resume_from)
     print_summary(summary)
     return 0
 

@@ -21,7 +21,7 @@ from orchestrator.data import Dataset, Split, kfold_splits, load_dataset, load_s
 from orchestrator.ensemble import Ensemble
 from orchestrator.report import write_test_report
 from orchestrator.stages import run_stages
-from orchestrator.training import FoldResult, label_array, load_fold_result, model_meta
+from orchestrator.training import FoldResult, fold_checkpoints, label_array, load_fold_result, model_meta
 from orchestrator.tuning import tune_folds
 from trainables.inference import predict_logits
 from trainables.metrics import compute_metrics, probabilities
@@ -93,13 +93,16 @@ def prepare_folds(cfg: ExperimentConfig, dataset: Dataset) -> dict:
 
 
 def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False,
-                   address: Optional[str] = None, log=print) -> RunSummary:
+                   address: Optional[str] = None, log=print, resume_from: Optional[str] = None) -> RunSummary:
     """Run every stage of the experiment; raises DataError/ConfigError/RunDirError before writing anything.
 
     With ``resume``, training and evaluation whose key is unchanged are reused, an interrupted Tune
     experiment continues, and the post-training stages rerun only where their config changed.
+    ``resume_from`` (another run directory) starts every fold from that run's last training state
+    (model, optimizer, scheduler, sampler epoch, RNG): incremental training up to train.epochs.
     """
     dataset = load_dataset(cfg.data, cfg.seed)
+    checkpoints = fold_checkpoints(RunDir.open(resume_from), cfg.cv.folds) if resume_from else None
     run = RunDir.create(cfg, resume=resume, overwrite=overwrite)
     run.update("data", "done", classes=dataset.classes, multilabel=dataset.multilabel,
                sizes={"train": len(dataset.train.texts), "val": len(dataset.val.texts),
@@ -112,7 +115,7 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool 
 
     key = cfg.train_key()
     cached = resume and run.stage("train").get("key") == key and run.stage("train").get("status") == "done"
-    shared = None if cached else prepare_folds(cfg, dataset)
+    shared = None if cached else {**prepare_folds(cfg, dataset), "resume_from": checkpoints}
     if cached:
         log("train: unchanged, fold models reused")
         results = [load_fold_result(run, k) for k in range(cfg.cv.folds)]

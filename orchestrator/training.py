@@ -125,6 +125,26 @@ def collect_fold(result: Any, fold: int, folder: Path, metric: str, started: flo
     return FoldResult(fold, target, history, best, elapsed)
 
 
+def fold_checkpoints(source: RunDir, folds: int) -> list[str]:
+    """Latest Ray checkpoint (full training state) of each fold model of an earlier run, for
+    incremental training: folds/<k> came from trial trials.json[best].trial_ids[k], whose
+    TorchTrainer stored its checkpoints under ray/trial_<id>/."""
+    from orchestrator.config import ConfigError
+    from trainables.ray_worker import TRAIN_STATE
+
+    trials = json.loads((source.root / "trials.json").read_text())
+    best = next(t for t in trials["trials"] if t["params"] == trials["best_config"])
+    if len(best["trial_ids"]) != folds:
+        raise ConfigError(f"--resume-from {source.root}: it has {len(best['trial_ids'])} fold(s), cv.folds is {folds}")
+    found = []
+    for trial_id in best["trial_ids"]:
+        states = sorted((source.ray_storage / f"trial_{trial_id}").glob(f"checkpoint_*/{TRAIN_STATE}"))
+        if not states:
+            raise ConfigError(f"--resume-from {source.root}: no training state left for trial {trial_id}")
+        found.append(str(states[-1].parent))
+    return found
+
+
 def load_fold_result(run: RunDir, fold: int) -> Optional[FoldResult]:
     """A fold finished by an earlier (resumed) run, or None."""
     path = run.fold_dir(fold) / "history.json"

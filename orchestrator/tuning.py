@@ -132,7 +132,9 @@ def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> Non
     run = RunDir(Path(run_root))
     trial_id = tune.get_context().get_trial_id()
     started = time.perf_counter()
-    trainer = build_torch_trainer(cfg, run, fold, ray.put(payload), callbacks=[TuneReportCallback()], name=f"trial_{trial_id}")
+    resume_from = shared["resume_from"][fold] if shared.get("resume_from") else None
+    trainer = build_torch_trainer(cfg, run, fold, ray.put(payload), callbacks=[TuneReportCallback()],
+                                  name=f"trial_{trial_id}", resume_from=resume_from)
     hparams = {f"{section}.{k}": v for section in ("model", "train") for k, v in getattr(cfg, section).model_dump(mode="json").items()}
     result = collect_fold(trainer.fit(), fold, run.root / "trials" / trial_id, cfg.train.metric, started, hparams)
     metric = cfg.tune.metric

@@ -128,12 +128,14 @@ class Trainer:
         self._started = False
 
     # ---- training ---------------------------------------------------------------------------
-    def fit(self, on_epoch: Callable[["Trainer", EpochResult], None] = lambda *_: None) -> FitState:
-        """Train from the current state to the last epoch or early stop."""
+    def fit(self, on_epoch: Callable[["Trainer", EpochResult], None] = lambda *_: None,
+            until_epoch: Optional[int] = None) -> FitState:
+        """Train from the current state to the last epoch (or ``until_epoch``) or early stop."""
         if not self._started:
             self.hooks.on_fit_start(self.state)
             self._started = True
-        while self.fit_state.epoch < self.cfg.epochs:
+        last = min(self.cfg.epochs, until_epoch or self.cfg.epochs)
+        while self.fit_state.epoch < last:
             result = self.run_epoch()
             on_epoch(self, result)
             if result.stop:
@@ -198,7 +200,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Validation loss and metrics (val_*) of the current (or averaged) weights."""
         logits = predict_logits(self.raw_model, self.data.val_ids, self.data.pad_id, self.cfg.eval_batch_size, self.device)
-        labels = torch.as_tensor(self.data.val_labels, dtype=torch.float32 if self.data.multilabel else torch.long)
+        labels = torch.tensor(self.data.val_labels, dtype=torch.float32 if self.data.multilabel else torch.long)  # copy: object-store arrays are read-only
         loss = self.state.loss_fn(torch.as_tensor(logits), labels).item()
         scores = compute_metrics(self.data.val_labels, probabilities(logits, self.data.multilabel), self.data.multilabel, self.cfg.threshold)
         return {"val_loss": loss, **{f"val_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))}}
