@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
-from orchestrator.atomic import atomic_write_text
+from trainables.atomic import atomic_write_text
 from orchestrator.config import ExperimentConfig
 
 MANIFEST = "manifest.json"

@@ -15,7 +15,7 @@ from typing import Optional
 import numpy as np
 
 from orchestrator.artifacts import RunDir, write_json
-from orchestrator.atomic import atomic_write_text
+from trainables.atomic import atomic_write_text
 from orchestrator.config import ExperimentConfig
 from orchestrator.data import Dataset, Split, kfold_splits, load_dataset, load_stop_words
 from orchestrator.ensemble import Ensemble

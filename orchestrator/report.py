@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 from sklearn.metrics import confusion_matrix, multilabel_confusion_matrix, precision_recall_fscore_support
 
-from orchestrator.atomic import atomic_write_bytes, atomic_write_text
+from trainables.atomic import atomic_write_bytes, atomic_write_text
 from trainables.metrics import compute_metrics, predict_labels
 
 PER_CLASS_COLUMNS = ("class", "precision", "recall", "f1", "support")

@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from orchestrator.artifacts import RunDir, write_json
-from orchestrator.atomic import atomic_write_text
+from trainables.atomic import atomic_write_text
 from orchestrator.config import ExperimentConfig
 from orchestrator.data import Dataset, label_matrix
 from trainables.loop import FoldData

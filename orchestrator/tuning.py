@@ -16,7 +16,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -151,7 +151,6 @@ class TuneOutcome:
 
 def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = False, log=print) -> TuneOutcome:
     """Run K folds x configs under Ray Tune; copy the best config's fold models to folds/<k>/model."""
-    import ray
     from ray import tune
 
     check_fits(cfg)

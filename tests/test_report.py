@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from orchestrator import atomic
-from orchestrator.atomic import atomic_write_bytes, atomic_write_text
+from trainables import atomic
+from trainables.atomic import atomic_write_bytes, atomic_write_text
 from orchestrator.report import classification_tables, print_report, write_test_report
 
 REPORT_FILES = ["badcases.csv", "confusion_matrix.csv", "confusion_matrix.png", "metrics.json", "per_class.csv"]

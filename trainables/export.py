@@ -9,19 +9,17 @@ Depends on torch/onnx/onnxruntime and trainables only (never on orchestrator or 
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import tempfile
-import uuid
 import warnings
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from trainables.atomic import atomic_output
 from trainables.inference import predict_logits
 from trainables.metrics import predict_labels, probabilities
 from trainables.models import META_FILE, load_model_dir
@@ -45,17 +43,6 @@ INT8_OPS = ["MatMul"]
 
 class ExportError(RuntimeError):
     """A model that cannot be exported to ONNX, or whose exported graph disagrees with torch."""
-
-
-@contextlib.contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """A temp path beside ``path`` to write to; renamed over ``path`` only if the block succeeds."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def model_type(model: nn.Module) -> str:

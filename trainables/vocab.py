@@ -16,13 +16,12 @@ from __future__ import annotations
 import functools
 import json
 import logging
-import os
 import re
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from trainables.atomic import atomic_write_text
 from trainables.tokenization import ENCODER_FILE
 
 PAD, UNK = "<pad>", "<unk>"
@@ -56,17 +55,6 @@ def word_tokens(text: str) -> list[str]:
 
 
 TOKENIZERS = {"char": char_tokens, "word": word_tokens}
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class VocabTextEncoder:
@@ -125,7 +113,7 @@ class VocabTextEncoder:
             "kind": self.kind, "tokens": self.tokens, "max_length": self.max_length,
             "stop_words": sorted(self.stop_words), "itos": self.itos,
         }
-        _atomic_write_text(directory / ENCODER_FILE, json.dumps(meta, ensure_ascii=False))
+        atomic_write_text(directory / ENCODER_FILE, json.dumps(meta, ensure_ascii=False))
 
     @classmethod
     def load(cls, directory: str | Path) -> "VocabTextEncoder":
