@@ -2,10 +2,11 @@
 
 Each suggested config runs as K trials (``ray.tune.search.Repeater(searcher, repeat=K,
 set_index=True)``): trial ``__trial_index__`` = fold index. Every trial is a small Tune function
-(0.01 CPU) that fits one Ray Train TorchTrainer for its fold, forwards per-epoch metrics through
-``TuneReportCallback`` and finally reports the fold's best-epoch score under the tune metric, so
-the searcher is handed the mean of the K fold scores, never one fold. Schedulers that stop trials
-early (ASHA) would judge single folds, so with K > 1 only FIFO is accepted (docs/architecture.md).
+(no CPU, see ``TRIAL_RESOURCES``) that fits one Ray Train TorchTrainer for its fold, forwards
+per-epoch metrics through ``TuneReportCallback`` and finally reports the fold's best-epoch score
+under the tune metric, so the searcher is handed the mean of the K fold scores, never one fold.
+Schedulers that stop trials early (ASHA) would judge single folds, so with K > 1 only FIFO is
+accepted (docs/architecture.md).
 """
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ from orchestrator.training import FoldResult, build_torch_trainer, collect_fold
 
 TRIAL_INDEX = "__trial_index__"
 TUNE_NAME = "tune"
-TRIAL_CPU = 0.01  # the trial function only drives its TorchTrainer (Tune rejects 0)
+# The trial function only drives its TorchTrainer. Tune rejects an empty request, and any CPU share
+# (even 0.01) would keep N whole-CPU fold workers off N CPUs (2 cores: folds ran one at a time), so
+# a trial holds 1 MiB of Ray's logical "memory" resource and no CPU.
+TRIAL_RESOURCES = {"CPU": 0, "memory": 1 << 20}
 _DIST = re.compile(r"^\s*(uniform|loguniform|quniform|choice|randint|grid)\s*\((.*)\)\s*$", re.S)
 
 
@@ -104,15 +108,15 @@ def build_scheduler(cfg: ExperimentConfig):
 
 
 def check_fits(cfg: ExperimentConfig) -> None:
-    """Fail fast where one fold's workers (+ the 0.01-CPU trial driver) can never be placed: Ray would wait forever."""
+    """Fail fast where one fold's workers can never be placed: Ray would wait forever."""
     import ray
 
-    need = cfg.train.num_workers * cfg.train.cpus_per_worker + TRIAL_CPU
+    need = cfg.train.num_workers * cfg.train.cpus_per_worker
     nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
     have = sum(nodes)
     if need > have:
         raise ConfigError(f"train.cpus_per_worker: {cfg.train.num_workers} worker(s) x {cfg.train.cpus_per_worker} CPU "
-                          f"+ {TRIAL_CPU} for the trial exceed the cluster's {have:g} CPUs; lower it (train.torch_threads sets threads apart)")
+                          f"exceed the cluster's {have:g} CPUs; lower it (train.torch_threads sets threads apart)")
 
 
 def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> None:
@@ -158,7 +162,7 @@ def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = 
     trainable = tune.with_resources(
         tune.with_parameters(fold_trial, base_cfg=cfg.model_dump(mode="json"), run_root=str(run.root.resolve()),
                              shared=shared),  # with_parameters puts it in the object store once
-        {"CPU": TRIAL_CPU},
+        TRIAL_RESOURCES,
     )
     path = run.ray_storage / TUNE_NAME
     if resume and tune.Tuner.can_restore(str(path)):
