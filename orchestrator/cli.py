@@ -1,4 +1,4 @@
-"""Command line: run | test | predict | info.
+"""Command line: run | test | predict | serve | info.
 
 Bad input (config, data, run directory) prints one line naming the file, key or row and exits 2.
 """
@@ -8,16 +8,17 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from rich.console import Console
 from rich.table import Table
 
 from orchestrator.artifacts import RunDir, RunDirError
+from orchestrator.client import ClientError
 from orchestrator.config import ConfigError, load_config
 from orchestrator.data import DataError
 
-USER_ERRORS = (ConfigError, DataError, RunDirError)
+USER_ERRORS = (ConfigError, DataError, RunDirError, ClientError)
 console = Console(stderr=False, highlight=False)
 
 
@@ -40,9 +41,19 @@ def _parser() -> argparse.ArgumentParser:
     test.add_argument("--out", help="report folder (default: <run>/test)")
 
     predict = sub.add_parser("predict", help="predict labels: interactive lines, or a file in batch")
-    predict.add_argument("run", help="run directory")
+    predict.add_argument("run", nargs="?", help="run directory (or --url)")
     predict.add_argument("--file", help="text file, one text per line (default: read lines interactively from stdin)")
     predict.add_argument("--top", type=int, default=3, help="top probabilities to show")
+    predict.add_argument("--url", help="send the texts to a running service (orchestrator serve) instead of loading a run")
+    predict.add_argument("--token", help="bearer token of the service at --url")
+
+    serve = sub.add_parser("serve", help="serve a run's fold ensemble over HTTP on Ray Serve, until Ctrl-C")
+    serve.add_argument("run", help="run directory")
+    serve.add_argument("--host", help="bind address (default: the run's serve.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="HTTP port (default: the run's serve.port)")
+    serve.add_argument("--token", help="bearer token required by /predict and /info (default: the run's serve.token)")
+    serve.add_argument("--onnx", action="store_true", help="run the ONNX exports (export/fold_<k>/) instead of the torch models")
+    serve.add_argument("--replicas", type=int, help="deployment replicas (default: the run's serve.replicas)")
 
     info = sub.add_parser("info", help="print the resolved config and model size")
     info.add_argument("config", help="experiment YAML file")
@@ -116,25 +127,44 @@ def cmd_test(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from orchestrator.ensemble import Ensemble
-
-    run = RunDir.open(args.run)
-    ensemble = Ensemble(run.fold_model_dirs())
+    if (args.run is None) == (args.url is None):
+        raise RunDirError("predict: give a run directory or --url (one of them)")
+    source, predict_lines = _predictor(args)
     if args.file:
         texts = [line.rstrip("\n") for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
-        for text, line in zip(texts, _predict_lines(ensemble, texts, args.top)):
+        for text, line in zip(texts, predict_lines(texts)):
             print(json.dumps({"text": text, **line}, ensure_ascii=False))
         return 0
     interactive = sys.stdin.isatty()
     if interactive:
-        console.print(f"[bold]{run.root}[/]: type a text and press Enter (Ctrl-D to quit)")
+        console.print(f"[bold]{source}[/]: type a text and press Enter (Ctrl-D to quit)")
     for raw in sys.stdin:
         text = raw.strip()
         if text:
-            line = _predict_lines(ensemble, [text], args.top)[0]
+            line = predict_lines([text])[0]
             top = ", ".join(f"{name} {p:.3f}" for name, p in line["top"])
             print(f"{','.join(line['labels'])}\t{top}", flush=True)
     return 0
+
+
+def _predictor(args) -> tuple[str, Callable[[list[str]], list[dict]]]:
+    """What answers (for the banner) and texts -> output lines: the run's ensemble, or the service at --url."""
+    if args.url:
+        from orchestrator.client import Client
+
+        client = Client(args.url, args.token)
+        return args.url, lambda texts: _remote_lines(client, texts, args.top)
+    from orchestrator.ensemble import Ensemble
+
+    run = RunDir.open(args.run)
+    ensemble = Ensemble(run.fold_model_dirs())
+    return str(run.root), lambda texts: _predict_lines(ensemble, texts, args.top)
+
+
+def _remote_lines(client, texts: list[str], top: int) -> list[dict]:
+    """The lines of ``_predict_lines`` from the service's top-``top`` probabilities."""
+    return [{"labels": p["labels"], "top": [(name, round(prob, 4)) for name, prob in p["probabilities"].items()]}
+            for p in client.predict_many(texts, top_k=top)]
 
 
 def _predict_lines(ensemble, texts: list[str], top: int) -> list[dict]:
@@ -144,6 +174,31 @@ def _predict_lines(ensemble, texts: list[str], top: int) -> list[dict]:
         order = probs.argsort()[::-1][:top]
         out.append({"labels": labels, "top": [(ensemble.classes[j], round(float(probs[j]), 4)) for j in order]})
     return out
+
+
+def cmd_serve(args) -> int:
+    import signal
+    import time
+
+    from orchestrator.config import with_overrides
+    from orchestrator.pipeline import init_ray
+    from orchestrator.serving import deploy, shutdown
+
+    run = RunDir.open(args.run)
+    flags = {f"serve.{k}": getattr(args, k) for k in ("host", "port", "token", "replicas") if getattr(args, k) is not None}
+    cfg = with_overrides(run.config(), flags).serve  # validated like the YAML (port range, replicas >= 1)
+    init_ray()
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a process manager's stop shuts Serve down too
+    try:
+        url = deploy(run.root, cfg, onnx=args.onnx)
+        console.print(f"serving {run.root} at {url}: POST /predict, GET /info, GET /healthz (Ctrl-C to stop)")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        console.print("stopping")
+    finally:
+        shutdown()
+    return 0
 
 
 def cmd_info(args) -> int:
@@ -156,7 +211,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "test": cmd_test, "predict": cmd_predict, "info": cmd_info}
+COMMANDS = {"run": cmd_run, "test": cmd_test, "predict": cmd_predict, "serve": cmd_serve, "info": cmd_info}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
