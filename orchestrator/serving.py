@@ -1,0 +1,274 @@
+"""Ray Serve hosts a run's fold ensemble over HTTP (design: docs/serving.md).
+
+Each replica of the ``Classifier`` deployment (FastAPI ingress) loads the K fold models once.
+Every text of every request goes through one ``@serve.batch`` queue, so texts of concurrent
+requests share a batch and each batch runs the ensemble once.
+"""
+
+import asyncio
+import hmac
+import json
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from starlette.exceptions import HTTPException
+
+from orchestrator.artifacts import RunDir, RunDirError, package_versions
+from orchestrator.client import Client, ClientError
+from orchestrator.config import ServeConfig
+from orchestrator.ensemble import Ensemble, EnsembleBase
+from trainables.export import ONNX_FILE
+from trainables.models import META_FILE
+
+MAX_TEXTS = 256                  # per request; more is a 413
+MAX_BODY_BYTES = 1 << 20         # per request; more is a 413
+REPLICA_CPUS = 1                 # Ray CPUs of a replica, and its inference threads
+EXPORT_DIR = "export"            # the export stage writes <run>/export/fold_<k>/
+_DEFAULTS = ServeConfig()
+
+
+# ---- the run's models ----
+def onnx_fold_dirs(run: RunDir) -> list[Path]:
+    """ONNX exports of the fold models (``export/fold_<k>/``), in fold order."""
+    dirs = [p for p in (run.root / EXPORT_DIR).glob("fold_*") if (p / ONNX_FILE).is_file()]
+    return sorted(dirs, key=lambda p: int(p.name.removeprefix("fold_")))
+
+
+def choose_backend(run: RunDir, onnx: bool = False) -> str:
+    """"onnx" when asked or when the run has only ONNX exports, else "torch"; RunDirError if it has neither."""
+    if not onnx and run.fold_model_dirs():
+        return "torch"
+    if onnx_fold_dirs(run):
+        return "onnx"
+    wanted = f"ONNX exports ({EXPORT_DIR}/fold_<k>/{ONNX_FILE})" if onnx else "fold models or ONNX exports"
+    raise RunDirError(f"{run.root}: no {wanted} to serve")
+
+
+def load_ensemble(run: RunDir, backend: str, threads: int = REPLICA_CPUS) -> EnsembleBase:
+    """The fold ensemble the service runs: torch on CPU, or ONNX Runtime with ``threads`` per session."""
+    if backend == "onnx":
+        from orchestrator.onnx_ensemble import OnnxEnsemble
+
+        return OnnxEnsemble(onnx_fold_dirs(run), threads=threads)
+    return Ensemble(run.fold_model_dirs(), device="cpu")
+
+
+def model_id(run: RunDir) -> str:
+    """``<run name>@<config hash>``: which model answered, in every response."""
+    manifest = run.manifest()
+    return f"{manifest.get('name', run.root.name)}@{manifest.get('config_hash', 'unknown')}"
+
+
+def fold_models(model_dirs: Sequence[str]) -> list[str]:
+    """``kind/arch`` (or ``kind/name``) of each fold model, from its model.json."""
+    out = []
+    for directory in model_dirs:
+        model = json.loads((Path(directory) / META_FILE).read_text())["model"]
+        out.append(f"{model['kind']}/{model.get('arch') if model['kind'] == 'small' else model.get('name')}")
+    return out
+
+
+# ---- requests ----
+class RequestError(Exception):
+    """A request the service refuses: an HTTP status and a one-line message."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The request body; 413 past ``limit`` bytes, by Content-Length or, without it, while reading."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"request body is {declared} bytes; at most {limit}")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise RequestError(413, f"request body over {limit} bytes")
+    return bytes(body)
+
+
+def parse_predict(body: bytes) -> tuple[list[str], Optional[int]]:
+    """(texts, top_k) of a /predict body: ``{"text": str}`` or ``{"texts": [str, ...]}``, optional ``top_k``."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # ValueError covers bad JSON and non-UTF-8 bytes
+        raise RequestError(400, f"malformed JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise RequestError(422, 'body must be a JSON object: {"text": "..."} or {"texts": ["...", ...]}')
+    unknown = sorted(set(payload) - {"text", "texts", "top_k"})
+    if unknown:
+        raise RequestError(422, f"unknown key(s) {unknown}; expected text or texts, and top_k")
+    if ("text" in payload) == ("texts" in payload):
+        raise RequestError(422, 'give exactly one of "text" or "texts"')
+    single = "text" in payload
+    texts = [payload["text"]] if single else payload["texts"]
+    if not isinstance(texts, list) or not texts:
+        raise RequestError(422, '"texts" must be a non-empty list of strings')
+    if len(texts) > MAX_TEXTS:
+        raise RequestError(413, f"{len(texts)} texts; at most {MAX_TEXTS} per request")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise RequestError(422, f'{"text" if single else f"texts[{i}]"} must be a non-empty string')
+    top_k = payload.get("top_k")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
+        raise RequestError(422, '"top_k" must be a positive integer')
+    return texts, top_k
+
+
+def render(labels: list[str], probs: np.ndarray, truncated: bool, classes: list[str], top_k: Optional[int]) -> dict:
+    """One prediction of the response; ``probabilities`` holds the ``top_k`` classes, most probable first."""
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    return {"labels": labels, "probabilities": {classes[j]: float(probs[j]) for j in order}, "truncated": bool(truncated)}
+
+
+# ---- the deployment ----
+# only the documented routes: no /docs, /redoc or /openapi.json (they would bypass the token)
+app = FastAPI(title="text-orchestrator classifier", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+@app.exception_handler(RequestError)
+async def _refused(request: Request, exc: RequestError) -> JSONResponse:
+    return _error(exc.status, exc.message)
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """FastAPI's own errors (unknown route, wrong method) in the same ``{"error": ...}`` shape."""
+    return _error(exc.status_code, str(exc.detail))
+
+
+@app.exception_handler(Exception)
+async def _crashed(request: Request, exc: Exception) -> JSONResponse:
+    return _error(500, f"internal error: {type(exc).__name__}: {exc}")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": REPLICA_CPUS})
+@serve.ingress(app)
+class Classifier:
+    """One replica: a run's fold ensemble behind the HTTP API."""
+
+    def __init__(self, run_dir: str, backend: str, token: Optional[str]):
+        import torch
+
+        torch.set_num_threads(REPLICA_CPUS)  # a replica owns REPLICA_CPUS cores, not the machine
+        run = RunDir.open(run_dir)
+        self.ensemble = load_ensemble(run, backend)
+        self.backend = backend
+        self.run_name = run.manifest().get("name", run.root.name)
+        self.model = model_id(run)
+        self.trained_with = run.manifest().get("versions", {})
+        self.token = token
+        self.batching: dict[str, Any] = {}
+        self.batch_sizes: Counter[int] = Counter()  # executed batch size -> count
+
+    def reconfigure(self, config: dict) -> None:
+        """Batch settings (the deployment's user_config): applied without reloading the models."""
+        self._predict_batch.set_max_batch_size(config["max_batch_size"])
+        self._predict_batch.set_batch_wait_timeout_s(config["batch_wait_timeout_s"])
+        self.batching = dict(config)
+
+    @serve.batch(max_batch_size=_DEFAULTS.max_batch_size, batch_wait_timeout_s=_DEFAULTS.batch_wait_timeout_s)
+    async def _predict_batch(self, texts: list[str]) -> list[tuple]:
+        """(labels, probabilities, truncated) per text; one ensemble pass for the whole batch."""
+        self.batch_sizes[len(texts)] += 1
+        # a worker thread keeps the event loop free to answer /healthz and fill the next batch
+        pred = await asyncio.to_thread(self.ensemble.predict, texts, len(texts))
+        return list(zip(pred.labels, pred.probs, pred.truncated))
+
+    def _authorize(self, request: Request) -> None:
+        if self.token is None:
+            return
+        given = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(given, f"Bearer {self.token}".encode()):  # constant time
+            raise RequestError(401, "missing or wrong bearer token")
+
+    @app.get("/healthz")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @app.post("/predict")
+    async def predict(self, request: Request) -> dict:
+        self._authorize(request)
+        texts, top_k = parse_predict(await read_body(request))
+        rows = await asyncio.gather(*(self._predict_batch(text) for text in texts))
+        return {"predictions": [render(*row, self.ensemble.classes, top_k) for row in rows], "model": self.model}
+
+    @app.get("/info")
+    async def info(self, request: Request) -> dict:
+        self._authorize(request)
+        context = serve.get_replica_context()
+        e = self.ensemble
+        return {
+            "run": self.run_name, "model": self.model, "labels": e.classes, "multilabel": e.multilabel,
+            "threshold": e.threshold, "max_length": e.encoder.max_length, "backend": self.backend,
+            "fold_models": fold_models(e.model_dirs), "batching": self.batching, "replicas": context.world_size,
+            "limits": {"max_texts": MAX_TEXTS, "max_body_bytes": MAX_BODY_BYTES},
+            "versions": package_versions(), "trained_with": self.trained_with,
+        }
+
+    @app.get("/stats")
+    async def stats(self, request: Request) -> dict:
+        """Sizes of the batches this replica executed (each replica counts its own)."""
+        self._authorize(request)
+        return {"replica": serve.get_replica_context().replica_tag, "batches": sum(self.batch_sizes.values()),
+                "texts": sum(n * c for n, c in self.batch_sizes.items()),
+                "batch_sizes": {str(n): c for n, c in sorted(self.batch_sizes.items())}}
+
+
+# ---- deploy ----
+def deploy(run_dir: str | Path, serve_cfg: ServeConfig, onnx: bool = False, name: str = "classifier") -> str:
+    """Serve the run's fold ensemble under app ``name`` and return the base URL once /healthz answers.
+
+    Starts Serve on ``serve_cfg.host:port`` unless it already runs (HTTP options are fixed at start:
+    ``shutdown()`` to change them). Deploying again under the same name replaces the model by a
+    rolling update: in-flight requests finish on the old replicas.
+    """
+    run = RunDir.open(run_dir)
+    backend = choose_backend(run, onnx)
+    serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
+    deployment = Classifier.options(
+        num_replicas=serve_cfg.replicas,
+        # room for a full batch to queue while the previous one runs
+        max_ongoing_requests=2 * serve_cfg.max_batch_size,
+        user_config={"max_batch_size": serve_cfg.max_batch_size, "batch_wait_timeout_s": serve_cfg.batch_wait_timeout_s},
+    )
+    serve.run(deployment.bind(str(run.root.resolve()), backend, serve_cfg.token), name=name, route_prefix="/")
+    host = "127.0.0.1" if serve_cfg.host == "0.0.0.0" else serve_cfg.host
+    url = f"http://{host}:{serve_cfg.port}"
+    _wait_healthy(url)
+    return url
+
+
+def _wait_healthy(url: str, timeout_s: float = 30.0) -> None:
+    """Poll /healthz: the proxies learn new routes a moment after serve.run returns."""
+    client = Client(url, timeout=2.0)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            client.health()
+            return
+        except ClientError as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{url}/healthz does not answer ({exc}); if Serve was already running on other "
+                                   "HTTP options, shutdown() first") from exc
+        time.sleep(0.2)
+
+
+def shutdown() -> None:
+    """Stop Serve: every app, the proxies and the controller."""
+    serve.shutdown()
