@@ -69,6 +69,15 @@ def poly1_loss(logits, labels, epsilon: float = 1.0, weight=None) -> torch.Tenso
     return _weighted_mean(-log_pt + epsilon * (1 - log_pt.exp()), labels, weight)
 
 
+def seq2seq_nll(scores, labels, weight=None) -> torch.Tensor:
+    """Text-to-text loss: teacher-forced NLL of the gold target sequence, ``-scores[gold]``, where
+    ``scores`` are sequence log-probabilities (``T5Classifier``). Summed over the target's tokens
+    (T5's own loss times the target length) and averaged over examples, so every example counts
+    the same whatever its class name's length. Only for log-probabilities: on other logits it is
+    unbounded below."""
+    return _weighted_mean(-scores.gather(1, labels[:, None]).squeeze(1), labels, weight)
+
+
 def bce_loss(logits, labels, pos_weight=None) -> torch.Tensor:
     """Multilabel binary cross-entropy on logits; ``pos_weight`` [C] scales the positive terms."""
     return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), pos_weight=_on(pos_weight, logits))
@@ -103,6 +112,8 @@ def build_loss(train_cfg, num_classes: int, multilabel: bool, class_counts: Opti
         return partial(focal_loss, gamma=train_cfg.focal_gamma, weight=weight)
     if kind == "poly":
         return partial(poly1_loss, epsilon=train_cfg.poly_epsilon, weight=weight)
+    if kind == "seq2seq":
+        return partial(seq2seq_nll, weight=weight)
     return partial(cross_entropy, weight=weight, label_smoothing=train_cfg.label_smoothing)
 
 
