@@ -97,7 +97,7 @@ class TrainConfig(Section):
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear warmup.")
     grad_clip: Optional[float] = Field(1.0, gt=0, description="Clip the gradient norm at this value (null = off).")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
-    loss: Literal["ce", "focal", "poly", "bce", "zlpr"] = Field("ce", description="Loss: ce/focal/poly (multiclass), bce/zlpr (multilabel).")
+    loss: Literal["ce", "focal", "poly", "bce", "zlpr", "seq2seq"] = Field("ce", description="Loss: ce/focal/poly (multiclass), bce/zlpr (multilabel), seq2seq (t5: NLL of the gold class name).")
     focal_gamma: float = Field(2.0, ge=0, description="focal: focusing exponent.")
     poly_epsilon: float = Field(1.0, description="poly: weight of the poly-1 term.")
     class_weights: Union[Literal["none", "balanced"], list[float]] = Field("none", description="Per-class loss weights: none, balanced, or a list.")
@@ -192,6 +192,10 @@ class ExperimentConfig(Section):
             raise ValueError(f"train.loss: {self.train.loss!r} is single-label; with data.multilabel=true use one of {sorted(multilabel_losses)}")
         if not self.data.multilabel and self.train.loss in multilabel_losses:
             raise ValueError(f"train.loss: {self.train.loss!r} needs data.multilabel=true")
+        if self.model.kind == "t5" and self.data.multilabel:
+            raise ValueError("model.kind: 't5' scores one class name per text; data.multilabel=true needs kind hf or small")
+        if self.train.loss == "seq2seq" and self.model.kind != "t5":
+            raise ValueError(f"train.loss: 'seq2seq' needs model.kind=t5 (class-name log-probabilities), not {self.model.kind!r}")
         return self
 
     def hash(self) -> str:
