@@ -2,8 +2,9 @@
 
 Every model obeys one contract: ``model(input_ids=..., attention_mask=...) -> logits [B, C]`` and
 ``model.get_input_embeddings() -> nn.Embedding``. A model directory holds ``model.pt`` (state dict),
-``model.json`` (kind, model options, classes) and the text encoder, which is all ``load_model_dir``
-needs. ``model_cfg`` is any object with the attributes of ``orchestrator.config.ModelConfig``.
+``model.json`` (kind, model options, classes; t5: the class names' token ids) and the text encoder,
+which is all ``load_model_dir`` needs. ``model_cfg`` is any object with the attributes of
+``orchestrator.config.ModelConfig``.
 """
 from __future__ import annotations
 
@@ -29,7 +30,12 @@ def build_text_encoder(model_cfg: Any, train_texts: Sequence[str], stop_words: S
     if model_cfg.kind in ("hf", "t5"):
         from trainables.models.hf import resolve_pretrained
 
-        return HFTextEncoder.from_pretrained(resolve_pretrained(model_cfg.name), model_cfg.max_length)
+        path = resolve_pretrained(model_cfg.name)
+        if model_cfg.kind == "t5":
+            from trainables.models.t5 import T5TextEncoder
+
+            return T5TextEncoder.from_pretrained(path, model_cfg.max_length, model_cfg.prefix)
+        return HFTextEncoder.from_pretrained(path, model_cfg.max_length)
     from trainables.vocab import VocabTextEncoder
 
     return VocabTextEncoder.build(
@@ -38,8 +44,10 @@ def build_text_encoder(model_cfg: Any, train_texts: Sequence[str], stop_words: S
     )
 
 
-def build_model(model_cfg: Any, num_classes: int, text_encoder: TextEncoder, hf_config: Any = None) -> nn.Module:
-    """A fresh model. hf: pretrained weights unless ``hf_config`` is given (then random init from it)."""
+def build_model(model_cfg: Any, num_classes: int, text_encoder: TextEncoder, hf_config: Any = None,
+                classes: Optional[Sequence[str]] = None) -> nn.Module:
+    """A fresh model. hf/t5: pretrained weights unless ``hf_config`` is given (then random init from it).
+    t5 needs ``classes``, the class names: they are its decoder targets."""
     if model_cfg.kind == "hf":
         from trainables.models.hf import HFClassifier
 
@@ -51,6 +59,15 @@ def build_model(model_cfg: Any, num_classes: int, text_encoder: TextEncoder, hf_
         from trainables.models.small import build_small_model
 
         return build_small_model(model_cfg, num_classes, text_encoder)
+    if model_cfg.kind == "t5":
+        from trainables.models.t5 import T5Classifier
+
+        if classes is None or len(classes) != num_classes:
+            raise ValueError(f"model.kind 't5': build_model needs the {num_classes} class names (its targets), got {classes!r}")
+        class_token_ids = text_encoder.target_ids(classes)
+        if hf_config is not None:
+            return T5Classifier.from_config(hf_config, class_token_ids)
+        return T5Classifier.from_pretrained(model_cfg.name, class_token_ids)
     raise ValueError(f"model.kind: {model_cfg.kind!r} has no classifier factory here")
 
 
@@ -75,10 +92,22 @@ def save_model_dir(directory: str | Path, model: nn.Module, text_encoder: TextEn
     encoder = getattr(model, "encoder", None)
     if cfg["kind"] == "hf" and encoder is not None:
         encoder.config.save_pretrained(directory / HF_CONFIG_DIR)
+    extra = {}
+    if cfg["kind"] == "t5":
+        model.t5.config.save_pretrained(directory / HF_CONFIG_DIR)
+        extra["class_token_ids"] = model.class_token_ids
     text_encoder.save(directory)
     weights = state_dict if state_dict is not None else model.state_dict()
     _atomic_torch_save({k: v.detach().cpu() for k, v in weights.items()}, directory / MODEL_FILE)
-    (directory / META_FILE).write_text(json.dumps({**meta, "model": cfg}, indent=2))
+    (directory / META_FILE).write_text(json.dumps({**meta, **extra, "model": cfg}, indent=2))
+
+
+def _load_text_encoder(directory: Path, kind: str) -> TextEncoder:
+    if kind == "t5":
+        from trainables.models.t5 import T5TextEncoder
+
+        return T5TextEncoder.load(directory)
+    return load_text_encoder(directory)
 
 
 def load_model_dir(directory: str | Path, device: Optional[str] = None) -> tuple[nn.Module, TextEncoder, dict]:
@@ -87,13 +116,15 @@ def load_model_dir(directory: str | Path, device: Optional[str] = None) -> tuple
     meta = json.loads((directory / META_FILE).read_text())
     # the state dict carries every weight: pretrained vectors need not be read again
     model_cfg = SimpleNamespace(**{**meta["model"], "pretrained_vectors": None})
-    text_encoder = load_text_encoder(directory)
+    text_encoder = _load_text_encoder(directory, model_cfg.kind)
     hf_config = None
-    if model_cfg.kind == "hf":
+    if model_cfg.kind in ("hf", "t5"):
         from transformers import AutoConfig
 
         hf_config = AutoConfig.from_pretrained(directory / HF_CONFIG_DIR)
-    model = build_model(model_cfg, len(meta["classes"]), text_encoder, hf_config=hf_config)
+    model = build_model(model_cfg, len(meta["classes"]), text_encoder, hf_config=hf_config, classes=meta["classes"])
+    if model_cfg.kind == "t5" and model.class_token_ids != meta["class_token_ids"]:
+        raise ValueError(f"{directory}: its tokenizer now splits the class names differently from training")
     model.load_state_dict(torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True))
     model.eval()
     if device:
