@@ -1,0 +1,274 @@
+"""Real Ray Serve on 127.0.0.1 with real HTTP requests: parity with the offline ensemble, bad requests,
+auth, batching, a rolling redeploy under load, and a run trained by the pipeline."""
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from orchestrator.artifacts import RunDir, RunDirError, write_json
+from orchestrator.cli import main
+from orchestrator.client import Client, ClientError
+from orchestrator.config import ExperimentConfig, ModelConfig, ServeConfig
+from orchestrator.ensemble import Ensemble
+from orchestrator.onnx_ensemble import OnnxEnsemble
+from orchestrator.serving import (
+    MAX_BODY_BYTES, MAX_TEXTS, RequestError, choose_backend, deploy, onnx_fold_dirs, parse_predict, shutdown,
+)
+from trainables.export import export_model_dir
+from trainables.models import save_model_dir
+from trainables.models.small import build_small_model
+from trainables.vocab import VocabTextEncoder
+
+TOKEN = "s3cret-token"
+CLASSES = ["animal", "place", "thing"]
+TRAIN_TEXTS = ["the cat sat on the mat", "a dog ran in the park", "cats and dogs", "the city by the river",
+               "a red ball", "the house on the hill", "a blue car", "birds in the garden"]
+TEXTS = ["the cat", "a dog in the city by the river", "red car", "unknown words only", "hill"]
+LONG = " ".join(["cat"] * 50)  # past max_length (8 tokens)
+
+
+def make_tiny_run(root: Path, name: str, seed: int, folds: int = 2) -> Path:
+    """A run directory without training: ``folds`` random tiny TextCNNs over one vocabulary, a manifest and
+    a test split (the load benchmark reads it)."""
+    cfg = ModelConfig(kind="small", arch="textcnn", tokens="word", max_length=8, vocab_size=100, embedding_dim=8,
+                      num_filters=4, kernel_sizes=[2, 3])
+    experiment = ExperimentConfig(name=name, seed=seed, model=cfg)
+    encoder = VocabTextEncoder.build(TRAIN_TEXTS, tokens="word", max_length=cfg.max_length, vocab_size=cfg.vocab_size)
+    run = RunDir(root / name)
+    meta = {"classes": CLASSES, "multilabel": False, "threshold": 0.5}
+    for fold in range(folds):
+        torch.manual_seed(seed * 100 + fold)
+        save_model_dir(run.model_dir(fold), build_small_model(cfg, len(CLASSES), encoder), encoder, cfg, meta)
+    write_json(run.manifest_path, {"name": name, "config_hash": experiment.hash(), "config": experiment.model_dump(mode="json")})
+    (run.root / "data").mkdir()
+    (run.root / "data" / "test.jsonl").write_text(
+        "".join(json.dumps({"text": t, "label": CLASSES[0]}) + "\n" for t in TRAIN_TEXTS + TEXTS))
+    return run.root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve_runs")
+    return {"a": make_tiny_run(root, "tiny-a", seed=1), "b": make_tiny_run(root, "tiny-b", seed=2)}
+
+
+@pytest.fixture(scope="module")
+def onnx_only_run(runs, tmp_path_factory):
+    """Run "a" with its folds exported to ONNX (export/fold_<k>/, as the export stage writes them) and the
+    torch fold models removed."""
+    root = shutil.copytree(runs["a"], tmp_path_factory.mktemp("onnx") / "tiny-a")
+    run = RunDir.open(root)
+    for model_dir in run.fold_model_dirs():
+        ensemble = Ensemble([model_dir], device="cpu")
+        export_model_dir(model_dir, root / "export" / f"fold_{model_dir.parent.name}", ensemble.encode(TEXTS))
+    shutil.rmtree(root / "folds")
+    return root
+
+
+@pytest.fixture(scope="module")
+def served(ray_session, runs, smoke_run):
+    """Run "a" on Serve with a token; the smoke run is trained first so training never competes with Serve."""
+    cfg = ServeConfig(port=free_port(), token=TOKEN, batch_wait_timeout_s=0.05)
+    url = deploy(runs["a"], cfg)
+    yield url, cfg
+    shutdown()
+
+
+@pytest.fixture
+def client(served):
+    return Client(served[0], token=TOKEN)
+
+
+def model_of(run_dir: Path) -> str:
+    manifest = RunDir.open(run_dir).manifest()
+    return f"{manifest['name']}@{manifest['config_hash']}"
+
+
+def offline(run_dir: Path) -> Ensemble:
+    return Ensemble(RunDir.open(run_dir).fold_model_dirs(), device="cpu")
+
+
+def assert_matches(response: dict, ensemble, texts: list[str], tol: float = 1e-5) -> None:
+    """Served labels equal ``ensemble.predict``'s, probabilities within ``tol``."""
+    expected = ensemble.predict(texts)
+    preds = response["predictions"]
+    assert [p["labels"] for p in preds] == expected.labels
+    served = np.array([[p["probabilities"][c] for c in ensemble.classes] for p in preds])
+    assert np.abs(served - expected.probs).max() <= tol
+
+
+# ---- without Serve ----
+@pytest.mark.parametrize("body, status", [
+    (b"{not json", 400), (b"\xff\xfe", 400), (b"[1]", 422), (b"{}", 422), (b'{"text": ""}', 422),
+    (b'{"text": 5}', 422), (b'{"texts": []}', 422), (b'{"texts": ["a", "  "]}', 422), (b'{"text": "a", "texts": ["b"]}', 422),
+    (b'{"text": "a", "top_k": 0}', 422), (b'{"txt": "a"}', 422), (json.dumps({"texts": ["a"] * (MAX_TEXTS + 1)}).encode(), 413),
+])
+def test_parse_predict_refuses_bad_bodies(body, status):
+    with pytest.raises(RequestError) as err:
+        parse_predict(body)
+    assert err.value.status == status
+
+
+def test_choose_backend_needs_models(runs, onnx_only_run):
+    assert choose_backend(RunDir.open(runs["a"])) == "torch"
+    with pytest.raises(RunDirError, match="no ONNX exports"):
+        choose_backend(RunDir.open(runs["a"]), onnx=True)
+    assert choose_backend(RunDir.open(onnx_only_run)) == "onnx"  # only exports: ONNX without asking
+
+
+# ---- on Serve ----
+def test_predictions_equal_offline_ensemble(client, runs):
+    response = client.predict(TEXTS)
+    assert response["model"] == model_of(runs["a"])
+    assert_matches(response, offline(runs["a"]), TEXTS)
+    assert [list(p["probabilities"]) for p in response["predictions"]] == \
+           [sorted(p["probabilities"], key=p["probabilities"].get, reverse=True) for p in response["predictions"]]
+    single = client.predict(TEXTS[1], top_k=1)["predictions"]
+    assert len(single) == 1 and list(single[0]["probabilities"]) == single[0]["labels"]
+
+
+def test_overlong_text_is_truncated_and_flagged(client, runs):
+    response = client.predict([LONG, "the cat"])
+    assert [p["truncated"] for p in response["predictions"]] == [True, False]
+    assert_matches(response, offline(runs["a"]), [LONG, "the cat"])
+
+
+def body(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+BAD_REQUESTS = {
+    "malformed json": (AUTH, b'{"text": "a"', 400),
+    "missing text": (AUTH, body({"top_k": 2}), 422),
+    "empty text": (AUTH, body({"text": "   "}), 422),
+    "non-string text": (AUTH, body({"texts": ["ok", 3]}), 422),
+    "too many texts": (AUTH, body({"texts": ["a cat"] * (MAX_TEXTS + 1)}), 413),
+    "body too large": (AUTH, body({"texts": ["cat " * (MAX_BODY_BYTES // 8)] * 2}), 413),
+    "no token": ({}, body({"text": "a cat"}), 401),
+    "wrong token": ({"Authorization": "Bearer nope"}, body({"text": "a cat"}), 401),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_request_gets_json_error_and_service_keeps_serving(served, client, case):
+    headers, data, status = BAD_REQUESTS[case]
+    response = requests.post(f"{served[0]}/predict", data=data, headers=headers, timeout=30)
+    assert response.status_code == status
+    assert response.json()["error"]
+    assert client.predict("a cat")["predictions"][0]["labels"]
+
+
+def test_token_guards_predict_and_info_but_not_healthz(served, client):
+    url = served[0]
+    assert requests.get(f"{url}/healthz", timeout=10).json() == {"status": "ok"}
+    for path in ("/info", "/stats"):
+        assert requests.get(url + path, timeout=10).status_code == 401
+    with pytest.raises(ClientError) as err:
+        Client(url, token="wrong").predict("a cat")
+    assert err.value.status == 401 and "token" in err.value.message
+    assert requests.post(f"{url}/predict", json={"text": "a cat"}, headers=AUTH, timeout=10).status_code == 200
+
+
+def test_info_describes_model_and_settings(client, served, runs):
+    info = client.info()
+    cfg = served[1]
+    assert (info["run"], info["model"], info["labels"], info["backend"]) == ("tiny-a", model_of(runs["a"]), CLASSES, "torch")
+    assert info["fold_models"] == ["small/textcnn", "small/textcnn"] and info["max_length"] == 8
+    assert info["batching"] == {"max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s}
+    assert info["replicas"] == 1 and info["versions"]["ray"].startswith("2.")
+
+
+def predict_concurrently(url: str, n: int) -> list[dict]:
+    """``n`` single-text requests released at once, one client (HTTP session) per thread."""
+    start = threading.Barrier(n)
+
+    def one(i):
+        client = Client(url, token=TOKEN)
+        start.wait()
+        return client.predict(TEXTS[i % len(TEXTS)])
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_predict_cli_with_url_prints_the_local_lines(served, runs, tmp_path, capsys):
+    path = tmp_path / "texts.txt"
+    path.write_text("\n".join(TEXTS) + "\n")
+    assert main(["predict", "--url", served[0], "--token", TOKEN, "--file", str(path), "--top", "2"]) == 0
+    remote = capsys.readouterr().out
+    assert main(["predict", str(runs["a"]), "--file", str(path), "--top", "2"]) == 0
+    assert remote == capsys.readouterr().out and len(remote.splitlines()) == len(TEXTS)
+    assert main(["predict", "--url", served[0], "--file", str(path)]) == 2
+    assert "HTTP 401" in capsys.readouterr().err
+
+
+def test_concurrent_requests_share_batches(served, client, runs):
+    responses = predict_concurrently(served[0], 16)
+    texts = [TEXTS[i % len(TEXTS)] for i in range(16)]
+    assert_matches({"predictions": [r["predictions"][0] for r in responses]}, offline(runs["a"]), texts)
+    sizes = {int(n) for n in client.stats()["batch_sizes"]}
+    assert max(sizes) > 1, sizes
+
+
+def test_redeploy_under_load_fails_no_request(served, client, runs):
+    """Run "b" replaces run "a" under the same app name while 4 threads keep predicting."""
+    url, cfg = served
+    stop, failures, models = threading.Event(), [], []
+
+    def hammer():
+        own = Client(url, token=TOKEN)
+        while not stop.is_set():
+            try:
+                models.append(own.predict(TEXTS[:2])["model"])
+            except ClientError as exc:
+                failures.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        assert deploy(runs["b"], cfg.model_copy(update={"max_batch_size": 4})) == url
+        time.sleep(1.0)  # keep the load on a little after the switch
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert models[0] == model_of(runs["a"]) and models[-1] == model_of(runs["b"])
+    assert client.info()["batching"]["max_batch_size"] == 4
+    predict_concurrently(url, 12)
+    assert max(int(n) for n in client.stats()["batch_sizes"]) <= 4
+
+
+def test_onnx_exports_are_served(served, client, onnx_only_run, runs):
+    assert deploy(onnx_only_run, served[1]) == served[0]
+    assert client.info()["backend"] == "onnx"
+    response = client.predict(TEXTS)
+    assert_matches(response, OnnxEnsemble(onnx_fold_dirs(RunDir.open(onnx_only_run))), TEXTS)
+    assert_matches(response, offline(runs["a"]), TEXTS, tol=1e-4)  # the torch models it was exported from
+
+
+def test_trained_smoke_run_is_served(served, client, smoke_run):
+    """A run trained by the pipeline (last: it replaces the tiny run)."""
+    deploy(smoke_run.run.root, served[1])
+    texts = ["质量很差，起皱严重。没型，不值得购买", "收到了，物流很快，衣服还挺不错的，好评"]
+    response = client.predict(texts)
+    assert response["model"] == model_of(smoke_run.run.root)
+    assert_matches(response, offline(smoke_run.run.root), texts)
