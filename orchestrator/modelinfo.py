@@ -11,7 +11,7 @@ def model_info(cfg: ExperimentConfig) -> dict:
     dataset = load_dataset(cfg.data, cfg.seed)
     stop_words = load_stop_words(cfg.data.stop_words) if cfg.data.stop_words else []
     encoder = build_text_encoder(cfg.model, dataset.train.texts, stop_words)
-    model = build_model(cfg.model, len(dataset.classes), encoder)
+    model = build_model(cfg.model, len(dataset.classes), encoder, classes=dataset.classes)
     params = sum(p.numel() for p in model.parameters())
     size = sum(p.numel() * p.element_size() for p in model.parameters()) + sum(b.numel() * b.element_size() for b in model.buffers())
     what = cfg.model.arch if cfg.model.kind == "small" else cfg.model.name

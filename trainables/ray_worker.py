@@ -57,7 +57,8 @@ def train_fold_worker(config: dict) -> None:
     torch.set_num_threads(max(1, int(train_cfg.torch_threads or train_cfg.cpus_per_worker)))
     _seed_everything(config["seed"])
     data: FoldData = payload["data"]
-    model = build_model(model_cfg, data.num_classes, payload["text_encoder"], hf_config=payload.get("hf_config"))
+    model = build_model(model_cfg, data.num_classes, payload["text_encoder"], hf_config=payload.get("hf_config"),
+                        classes=payload["meta"]["classes"])
     device = ray.train.torch.get_device()
     if world > 1:
         model = ray.train.torch.prepare_model(model)
@@ -69,9 +70,12 @@ def train_fold_worker(config: dict) -> None:
             trainer.load_state_dict(load_train_state(ckpt_dir))
     elif config.get("resume_from"):
         trainer.load_state_dict(load_train_state(config["resume_from"]))
+    # Where this worker process started (> 0 after a restart from a checkpoint) and on which node:
+    # reported with every epoch, so restarts and fold placement show in the run's Tune results.
+    placement = {"start_epoch": trainer.fit_state.epoch, "node_id": ray.get_runtime_context().get_node_id()}
 
     def on_epoch(trainer: Trainer, result) -> None:
-        metrics = {**result.metrics, "improved": int(result.improved), "stopped": int(result.stop)}
+        metrics = {**result.metrics, "improved": int(result.improved), "stopped": int(result.stop), **placement}
         if rank != 0:
             ray.train.report(metrics)
             return

@@ -55,6 +55,10 @@ def load_text_encoder(directory: str | Path) -> TextEncoder:
     meta = json.loads((directory / ENCODER_FILE).read_text())
     if meta["kind"] == "hf":
         return HFTextEncoder.from_pretrained(str(directory / "tokenizer"), meta["max_length"])
+    if meta["kind"] == "t5":
+        from trainables.models.t5 import T5TextEncoder
+
+        return T5TextEncoder.load(directory)
     from trainables.vocab import VocabTextEncoder
 
     return VocabTextEncoder.load(directory)

@@ -9,8 +9,6 @@ which is all ``load_model_dir`` needs. ``model_cfg`` is any object with the attr
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Optional, Sequence
@@ -18,6 +16,7 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from trainables.atomic import atomic_output, atomic_write_text
 from trainables.tokenization import HFTextEncoder, TextEncoder, load_text_encoder
 
 MODEL_FILE = "model.pt"
@@ -71,17 +70,6 @@ def build_model(model_cfg: Any, num_classes: int, text_encoder: TextEncoder, hf_
     raise ValueError(f"model.kind: {model_cfg.kind!r} has no classifier factory here")
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_model_dir(directory: str | Path, model: nn.Module, text_encoder: TextEncoder, model_cfg: Any, meta: dict,
                    state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
     """Write weights (``state_dict`` or the model's own), options and tokenizer so
@@ -98,16 +86,9 @@ def save_model_dir(directory: str | Path, model: nn.Module, text_encoder: TextEn
         extra["class_token_ids"] = model.class_token_ids
     text_encoder.save(directory)
     weights = state_dict if state_dict is not None else model.state_dict()
-    _atomic_torch_save({k: v.detach().cpu() for k, v in weights.items()}, directory / MODEL_FILE)
-    (directory / META_FILE).write_text(json.dumps({**meta, **extra, "model": cfg}, indent=2))
-
-
-def _load_text_encoder(directory: Path, kind: str) -> TextEncoder:
-    if kind == "t5":
-        from trainables.models.t5 import T5TextEncoder
-
-        return T5TextEncoder.load(directory)
-    return load_text_encoder(directory)
+    with atomic_output(directory / MODEL_FILE) as tmp:
+        torch.save({k: v.detach().cpu() for k, v in weights.items()}, tmp)
+    atomic_write_text(directory / META_FILE, json.dumps({**meta, **extra, "model": cfg}, indent=2))
 
 
 def load_model_dir(directory: str | Path, device: Optional[str] = None) -> tuple[nn.Module, TextEncoder, dict]:
@@ -116,7 +97,7 @@ def load_model_dir(directory: str | Path, device: Optional[str] = None) -> tuple
     meta = json.loads((directory / META_FILE).read_text())
     # the state dict carries every weight: pretrained vectors need not be read again
     model_cfg = SimpleNamespace(**{**meta["model"], "pretrained_vectors": None})
-    text_encoder = _load_text_encoder(directory, model_cfg.kind)
+    text_encoder = load_text_encoder(directory)
     hf_config = None
     if model_cfg.kind in ("hf", "t5"):
         from transformers import AutoConfig
