@@ -8,6 +8,7 @@ requests share a batch and each batch runs the ensemble once.
 import asyncio
 import hmac
 import json
+import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -267,6 +268,13 @@ def _wait_healthy(url: str, timeout_s: float = 30.0) -> None:
                 raise RuntimeError(f"{url}/healthz does not answer ({exc}); if Serve was already running on other "
                                    "HTTP options, shutdown() first") from exc
         time.sleep(0.2)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (for tests and benchmarks; another process may still take it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def shutdown() -> None:

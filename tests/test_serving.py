@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ from orchestrator.config import ExperimentConfig, ModelConfig, ServeConfig
 from orchestrator.ensemble import Ensemble
 from orchestrator.onnx_ensemble import OnnxEnsemble
 from orchestrator.serving import (
-    MAX_BODY_BYTES, MAX_TEXTS, RequestError, choose_backend, deploy, onnx_fold_dirs, parse_predict, shutdown,
+    MAX_BODY_BYTES, MAX_TEXTS, RequestError, choose_backend, deploy, free_port, onnx_fold_dirs, parse_predict, shutdown,
 )
 from trainables.export import export_model_dir
 from trainables.models import save_model_dir
@@ -54,12 +53,6 @@ def make_tiny_run(root: Path, name: str, seed: int, folds: int = 2) -> Path:
     (run.root / "data" / "test.jsonl").write_text(
         "".join(json.dumps({"text": t, "label": CLASSES[0]}) + "\n" for t in TRAIN_TEXTS + TEXTS))
     return run.root
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
