@@ -1,4 +1,4 @@
-"""Command line: run | test | predict | serve | info.
+"""Command line: run | test | predict | serve | report | info.
 
 Bad input (config, data, run directory) prints one line naming the file, key or row and exits 2.
 """
@@ -54,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--token", help="bearer token required by /predict and /info (default: the run's serve.token)")
     serve.add_argument("--onnx", action="store_true", help="run the ONNX exports (export/fold_<k>/) instead of the torch models")
     serve.add_argument("--replicas", type=int, help="deployment replicas (default: the run's serve.replicas)")
+
+    report = sub.add_parser("report", help="compare every model of a run and write <run>/report.html")
+    report.add_argument("run", help="run directory")
 
     info = sub.add_parser("info", help="print the resolved config and model size")
     info.add_argument("config", help="experiment YAML file")
@@ -201,6 +204,23 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def write_report(run: RunDir) -> Path:
+    """Score and time every model of the run (stage comparison table), then write run/report.html."""
+    from orchestrator.compare import stage_comparison
+    from orchestrator.html_report import print_stage_table, write_html_report
+
+    rows = stage_comparison(run, log=console.print)
+    print_stage_table(rows, console)
+    path = write_html_report(run, rows)
+    console.print(f"report: {path}")
+    return path
+
+
+def cmd_report(args) -> int:
+    write_report(RunDir.open(args.run))
+    return 0
+
+
 def cmd_info(args) -> int:
     from orchestrator.modelinfo import model_info
 
@@ -211,7 +231,7 @@ def cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "test": cmd_test, "predict": cmd_predict, "serve": cmd_serve, "info": cmd_info}
+COMMANDS = {"run": cmd_run, "test": cmd_test, "predict": cmd_predict, "serve": cmd_serve, "report": cmd_report, "info": cmd_info}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
