@@ -1,0 +1,183 @@
+"""Run every benchmark in benchmarks/, collect benchmarks/results.json, write docs/benchmarks.md.
+
+    python -m benchmarks.run_all [--only NAME ...] [--run runs/example2] [--timeout 1800]
+
+Each script runs in its own process with the bounded invocation of ``BENCHMARKS`` (a script found
+in benchmarks/ but not listed there runs with its own defaults) and writes
+benchmarks/results/<name>.json. The Markdown table shows every benchmark's latest result file, so
+``--only`` refreshes some rows and keeps the others; a benchmark without a result is "not run",
+with the reason (script missing, no run directory, failed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from benchmarks.common import RESULTS, ROOT, machine
+
+DOC = ROOT / "docs" / "benchmarks.md"
+COLLECTED = ROOT / "benchmarks" / "results.json"
+NOT_BENCHMARKS = {"__init__", "common", "run_all"}
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    args: tuple[str, ...] = ()   # "{run}" becomes the --run directory, "{out}" benchmarks/results/<name>.json
+    unit: str = ""               # these two are shown when the result declares no unit / target_ratio
+    target: str = ""
+    needs_run: bool = False      # its args name a trained run directory
+
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "train_throughput": Benchmark(("--rows", "1200", "--epochs", "1"), "samples/s", "ratio ≥ 1.4"),
+    # val.jsonl: every run has one (a test split is optional). The script writes no machine/date
+    # itself, so --out, and run_all stamps them.
+    "compress_onnx": Benchmark(("{run}/folds/0/model", "--texts", "{run}/data/val.jsonl", "--n", "256",
+                                "--threads", "1", "--out", "{out}"),
+                               "texts/s", "ONNX ≥ torch; int8 file < fp32", needs_run=True),
+    "tricks_ablation": Benchmark(("--epochs", "2", "--rows", "2000"), "macro-F1", "best trick ≥ plain"),
+    "serve_load": Benchmark(("{run}", "--requests", "1000", "--concurrency", "16"), "texts/s", needs_run=True),
+    # Being written: their authors set bounded arguments and targets when they land.
+    "cv_overhead": Benchmark(),
+    "compress": Benchmark(),
+}
+
+
+def discover() -> list[str]:
+    """Listed benchmarks first (table order), then any other script in benchmarks/."""
+    found = sorted(p.stem for p in (ROOT / "benchmarks").glob("*.py") if p.stem not in NOT_BENCHMARKS)
+    return list(BENCHMARKS) + [name for name in found if name not in BENCHMARKS]
+
+
+def result_path(name: str) -> Path:
+    return RESULTS / f"{name}.json"
+
+
+def shown(path: Path) -> str:
+    """A path as the docs show it: relative to the repository when inside it."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def skip_reason(name: str, bench: Benchmark, run: Path) -> Optional[str]:
+    if not (ROOT / "benchmarks" / f"{name}.py").is_file():
+        return "script not written yet"
+    if bench.needs_run and not (run / "manifest.json").is_file():
+        return f"no run directory at {shown(run)} (train one, or pass --run)"
+    return None
+
+
+def run_one(name: str, bench: Benchmark, run: Path, timeout: int) -> dict:
+    """Run the script; return a status record (result file is read afterwards)."""
+    args = [a.format(run=run, out=result_path(name)) for a in bench.args]
+    command = [sys.executable, "-m", f"benchmarks.{name}", *args]
+    print(f"== {name}: {' '.join(command[1:])}", flush=True)
+    started = time.perf_counter()
+    try:
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "reason": f"timed out after {timeout} s"}
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or [""]
+        return {"status": "failed", "reason": f"exit {done.returncode}: {tail[0][:200]}", "seconds": seconds}
+    if not result_path(name).is_file():
+        return {"status": "failed", "reason": f"exited 0 but wrote no {shown(result_path(name))}", "seconds": seconds}
+    stamp_result(name)
+    return {"status": "ran", "seconds": seconds}
+
+
+def stamp_result(name: str) -> None:
+    """Add machine and date to a result written without them (it was produced just now, here)."""
+    path = result_path(name)
+    result = json.loads(path.read_text())
+    if "machine" not in result or "date" not in result:
+        result = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), **result}
+        path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def comparisons(result: dict) -> dict[str, dict]:
+    """{label: {figure, baseline, ratio}}: one for a single-figure result, several for ``comparisons``."""
+    if "comparisons" in result:
+        return result["comparisons"]
+    return {"": {k: result[k] for k in ("figure", "baseline", "ratio")}}
+
+
+def machine_text(m: dict) -> str:
+    return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores{', CUDA' if m.get('cuda') else ''}" if m else "?"
+
+
+def number(value: float) -> str:
+    return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+
+
+def markdown(collected: dict[str, dict]) -> str:
+    lines = ["# Benchmarks", "",
+             "Written by `python -m benchmarks.run_all` (bounded invocations: `BENCHMARKS` in benchmarks/run_all.py).",
+             "Each figure is compared with a baseline measured in the same run on the same machine; ratio = figure / baseline.",
+             "", "| benchmark | what | figure | baseline | ratio | target | machine | date |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, entry in collected.items():
+        result = entry.get("result")
+        if result is None:
+            lines.append(f"| {name} | {'failed' if entry.get('status') == 'failed' else 'not run'}: {entry['reason']} | | | | | | |")
+            continue
+        bench = BENCHMARKS.get(name, Benchmark())
+        target = f"ratio ≥ {result['target_ratio']}" if "target_ratio" in result else bench.target
+        what = result.get("what") or result.get("model_dir", "")
+        for label, c in comparisons(result).items():
+            unit = result.get("unit", bench.unit)
+            unit = " bytes" if "bytes" in label else f" {unit}" if unit else ""
+            lines.append(f"| {name}{f' `{label}`' if label else ''} | {what} | {number(c['figure'])}{unit} | "
+                         f"{number(c['baseline'])}{unit} | {c['ratio']:.2f} | {target} | "
+                         f"{machine_text(result.get('machine', {}))} | {result.get('date', '?')} |")
+        if entry.get("status") == "failed":
+            lines.append(f"| {name} | latest attempt failed: {entry['reason']} | | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def collect(names: list[str], statuses: dict[str, dict], run: Path) -> dict[str, dict]:
+    """Per benchmark: this invocation's status, and its latest result file if any."""
+    collected = {}
+    for name in names:
+        entry = dict(statuses.get(name, {}))
+        if result_path(name).is_file():
+            entry["result"] = json.loads(result_path(name).read_text())
+        elif "reason" not in entry:
+            entry["reason"] = skip_reason(name, BENCHMARKS.get(name, Benchmark()), run) or "not selected (--only)"
+        collected[name] = entry
+    return collected
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="run these benchmarks; the others keep their latest result")
+    parser.add_argument("--run", type=Path, default=ROOT / "runs" / "example2", help="trained run for benchmarks that need one")
+    parser.add_argument("--timeout", type=int, default=1800, help="seconds per benchmark")
+    args = parser.parse_args(argv)
+    names = discover()
+    unknown = set(args.only or ()) - set(names)
+    if unknown:
+        parser.error(f"--only: unknown benchmark(s) {sorted(unknown)}; known: {names}")
+    RESULTS.mkdir(parents=True, exist_ok=True)  # scripts given --out expect its folder
+    run, statuses = args.run.resolve(), {}
+    for name in args.only or names:
+        bench = BENCHMARKS.get(name, Benchmark())
+        reason = skip_reason(name, bench, run)
+        statuses[name] = {"status": "not run", "reason": reason} if reason else run_one(name, bench, run, args.timeout)
+        print(f"   {name}: {statuses[name]['status']}" + (f": {statuses[name]['reason']}" if "reason" in statuses[name] else ""),
+              flush=True)
+    collected = collect(names, statuses, run)
+    COLLECTED.write_text(json.dumps(collected, indent=2) + "\n")
+    DOC.write_text(markdown(collected))
+    print(f"wrote {shown(COLLECTED)} and {shown(DOC)}")
+    return collected
+
+
+if __name__ == "__main__":
+    main()
