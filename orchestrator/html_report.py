@@ -20,8 +20,8 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.artifacts import RunDir
-from trainables.atomic import atomic_write_bytes, atomic_write_text
 from orchestrator.compare import COLUMNS, stage_comparison
+from trainables.atomic import atomic_write_bytes, atomic_write_text
 
 REPORT_FILE = "report.html"
 FILES_DIR = "report_files"
