@@ -82,6 +82,9 @@ def cmd_run(args) -> int:
     summary = run_experiment(cfg, resume=args.resume, overwrite=args.overwrite, address=args.address, log=console.print,
                              resume_from=args.resume_from)
     print_summary(summary)
+    write_report(summary.run)
+    if cfg.serve.enabled:
+        serve_until_interrupted(summary.run, cfg.serve, onnx=False)
     return 0
 
 
@@ -94,12 +97,13 @@ def print_summary(summary) -> None:
         folds.add_row(str(r.fold), str(r.best["epoch"]), f"{r.best['val_macro_f1']:.4f}", f"{r.best['val_accuracy']:.4f}", f"{r.train_time_s:.0f}")
     console.print(folds)
     if len(summary.trials) > 1:
+        from orchestrator.html_report import trial_cells
+
         trials = Table(title="trials (configs ranked by cross-fold mean)")
         for col in ("config", "fold scores", "mean ± std", "time (s)"):
             trials.add_column(col)
         for t in summary.trials[:10]:
-            params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items())
-            trials.add_row(params, " ".join(f"{x:.4f}" for x in t["fold_scores"]), f"{t['mean']:.4f} ± {t['std']:.4f}", f"{t['time_s']:.0f}")
+            trials.add_row(*trial_cells(t))
         console.print(trials)
     if summary.oof_metrics:
         console.print(f"out-of-fold: macro-F1 {summary.oof_metrics['macro_f1']:.4f}  accuracy {summary.oof_metrics['accuracy']:.4f}")
@@ -180,20 +184,27 @@ def _predict_lines(ensemble, texts: list[str], top: int) -> list[dict]:
 
 
 def cmd_serve(args) -> int:
-    import signal
-    import time
-
     from orchestrator.config import with_overrides
     from orchestrator.pipeline import init_ray
-    from orchestrator.serving import deploy, shutdown
 
     run = RunDir.open(args.run)
     flags = {f"serve.{k}": getattr(args, k) for k in ("host", "port", "token", "replicas") if getattr(args, k) is not None}
     cfg = with_overrides(run.config(), flags).serve  # validated like the YAML (port range, replicas >= 1)
     init_ray()
+    serve_until_interrupted(run, cfg, onnx=args.onnx)
+    return 0
+
+
+def serve_until_interrupted(run: RunDir, serve_cfg, onnx: bool) -> None:
+    """Deploy the run on Ray Serve and block until Ctrl-C or SIGTERM, then shut Serve down."""
+    import signal
+    import time
+
+    from orchestrator.serving import deploy, shutdown
+
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a process manager's stop shuts Serve down too
     try:
-        url = deploy(run.root, cfg, onnx=args.onnx)
+        url = deploy(run.root, serve_cfg, onnx=onnx)
         console.print(f"serving {run.root} at {url}: POST /predict, GET /info, GET /healthz (Ctrl-C to stop)")
         while True:
             time.sleep(3600)
@@ -201,7 +212,6 @@ def cmd_serve(args) -> int:
         console.print("stopping")
     finally:
         shutdown()
-    return 0
 
 
 def write_report(run: RunDir) -> Path:
