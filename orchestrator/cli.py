@@ -90,7 +90,7 @@ def cmd_run(args) -> int:
 
 def print_summary(summary) -> None:
     """One screen: folds, the trials table (when searching), OOF and test metrics, where artifacts are."""
-    folds = Table(title=f"folds of the chosen config", show_lines=False)
+    folds = Table(title="folds of the chosen config", show_lines=False)
     for col in ("fold", "best epoch", "val macro-F1", "val accuracy", "train time (s)"):
         folds.add_column(col, justify="right")
     for r in summary.folds:
