@@ -120,8 +120,9 @@ def collect_fold(result: Any, fold: int, folder: Path, metric: str, started: flo
     pick = min if metric == "loss" else max
     best = pick(history, key=lambda h: h[f"val_{metric}"])
     elapsed = time.perf_counter() - started
-    write_json(folder / "history.json", {"history": history, "best": best, "train_time_s": elapsed, "hparams": hparams or {}})
     write_epoch_logs(folder, history, best, hparams or {})
+    # history.json last: its presence marks the fold folder complete (a resumed Tune trial reuses it)
+    write_json(folder / "history.json", {"history": history, "best": best, "train_time_s": elapsed, "hparams": hparams or {}})
     return FoldResult(fold, target, history, best, elapsed)
 
 

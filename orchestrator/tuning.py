@@ -130,11 +130,18 @@ def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> Non
     overrides = {k: v for k, v in config.items() if k != TRIAL_INDEX}
     cfg = with_overrides(ExperimentConfig.model_validate(base_cfg), overrides)
     fold = int(config.get(TRIAL_INDEX, 0))
+    run = RunDir(Path(run_root))
+    trial_id = tune.get_context().get_trial_id()
+    done = finished_trial(run.root / "trials" / trial_id)
+    if done is not None:
+        # Finished before the driver died, but after Tune's last experiment snapshot (taken every
+        # >= 10 s), so the restored experiment runs this trial again: report the kept result.
+        tune.report({cfg.tune.metric: done["best"][cfg.tune.metric], "fold": fold, "best_epoch": done["best"]["epoch"],
+                     "fold_train_time_s": done["train_time_s"], "done": 1, "reused": 1})
+        return
     train_idx, val_idx = shared["plan"][fold]
     data = fold_data(shared["ids"], shared["labels"], train_idx, val_idx, shared["encoder"], len(shared["meta"]["classes"]), shared["meta"]["multilabel"])
     payload = {"data": data, "text_encoder": shared["encoder"], "meta": shared["meta"]}
-    run = RunDir(Path(run_root))
-    trial_id = tune.get_context().get_trial_id()
     started = time.perf_counter()
     resume_from = shared["resume_from"][fold] if shared.get("resume_from") else None
     trainer = build_torch_trainer(cfg, run, fold, ray.put(payload), callbacks=[TuneReportCallback()],
@@ -144,6 +151,14 @@ def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> Non
     metric = cfg.tune.metric
     tune.report({metric: result.best[metric], "fold": fold, "best_epoch": result.best["epoch"],
                  "fold_train_time_s": result.train_time_s, "done": 1})
+
+
+def finished_trial(folder: Path) -> Optional[dict]:
+    """trials/<id>/history.json of a trial whose model was kept (collect_fold writes it last), else None."""
+    path = folder / "history.json"
+    if not (path.is_file() and (folder / "model" / "model.json").is_file()):
+        return None
+    return json.loads(path.read_text())
 
 
 @dataclass
