@@ -50,13 +50,14 @@ class Artifact:
 
 
 def run_artifacts(run: RunDir) -> list[Artifact]:
-    """The run's models in table order, each in torch and in whichever ONNX precisions were exported;
-    single folds only when there are several."""
+    """The run's models in table order, each in torch and in whichever ONNX precisions were exported.
+    With several folds one single fold (fold 0) stands for them: every fold's test metrics are in
+    test/folds.json already, and timing K more models would multiply the cost of the table."""
     sources = export_sources(run)  # export/<name>/ holds the export of sources[name]
     folds = tuple(name for name in sources if name.startswith("fold_"))
     groups = {f"ensemble ({len(folds)} fold{'s' if len(folds) > 1 else ''})": folds}
     if len(folds) > 1:
-        groups.update({name.replace("_", " "): (name,) for name in folds})
+        groups[f"single fold ({folds[0].replace('_', ' ')})"] = folds[:1]
     groups.update({name: (name,) for name in sources if name not in folds})
     out = []
     for label, names in groups.items():
