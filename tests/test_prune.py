@@ -173,13 +173,7 @@ def save(directory, model, tokenizer) -> None:
                    {"classes": CLASSES, "multilabel": False, "threshold": 0.5})
 
 
-NEEDS_LOADER = pytest.mark.xfail(
-    raises=RuntimeError, strict=False,
-    reason="load_model_dir must call trainables.prune.restore_pruned_shapes before load_state_dict (see prune.py)")
-
-
-@pytest.mark.parametrize("mode", ["vocabulary", pytest.param("transformer", marks=NEEDS_LOADER),
-                                  pytest.param("pipeline", marks=NEEDS_LOADER)])
+@pytest.mark.parametrize("mode", ["vocabulary", "transformer", "pipeline"])
 def test_pruned_model_dir_reloads_with_the_same_logits(mode, tokenizer, tmp_path):
     model, tok = pruned(mode, tokenizer)
     save(tmp_path, model, tok)

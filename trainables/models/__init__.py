@@ -106,6 +106,10 @@ def load_model_dir(directory: str | Path, device: Optional[str] = None) -> tuple
     model = build_model(model_cfg, len(meta["classes"]), text_encoder, hf_config=hf_config, classes=meta["classes"])
     if model_cfg.kind == "t5" and model.class_token_ids != meta["class_token_ids"]:
         raise ValueError(f"{directory}: its tokenizer now splits the class names differently from training")
+    if hf_config is not None:
+        from trainables.prune import restore_pruned_shapes
+
+        restore_pruned_shapes(model)  # a pruned encoder's layers are smaller than its config's uniform sizes
     model.load_state_dict(torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True))
     model.eval()
     if device:
