@@ -31,10 +31,12 @@ def _prune(cfg: ExperimentConfig, run: RunDir, upstream: Optional[dict]) -> dict
 
 
 def export_sources(run: RunDir) -> dict[str, Path]:
-    """Every model directory of the run that export covers: folds, student, pruned model."""
+    """Every model directory of the run that export covers: folds, student, pruned model (the last
+    two only while their stage is on: a stage switched off leaves its old model behind)."""
+    cfg = run.config()
     sources = {f"fold_{d.parent.name}": d for d in run.fold_model_dirs()}
-    for name, folder in (("student", "distill"), ("pruned", "prune")):
-        if (run.root / folder / "model" / "model.json").is_file():
+    for name, folder, on in (("student", "distill", cfg.distill.enabled), ("pruned", "prune", cfg.prune.mode != "none")):
+        if on and (run.root / folder / "model" / "model.json").is_file():
             sources[name] = run.root / folder / "model"
     return sources
 
