@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from orchestrator.artifacts import RunDir
+from orchestrator.artifacts import RunDir, write_json
 from orchestrator.cli import main
 from orchestrator.compare import stage_comparison
 from orchestrator.html_report import BAR_COLOUR, CURVES, FILES_DIR, print_stage_table, stage_cells, trial_cells, write_html_report
@@ -42,6 +42,9 @@ def report(smoke_run, tmp_path_factory):
                               load_text_encoder(fold).encode(evaluation_split(run).texts), int8=True)
     assert parity["ok"] and parity["same_predictions"]
     shutil.copytree(fold, run.root / "distill" / "model")
+    manifest = run.manifest()
+    manifest["config"]["distill"]["enabled"] = True  # as if the distill stage had run
+    write_json(run.manifest_path, manifest)
     rows = stage_comparison(run, sample_texts=SAMPLE)
     path = write_html_report(run, rows)
     assert path == run.root / "report.html"
