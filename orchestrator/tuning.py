@@ -153,6 +153,48 @@ def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> Non
                  "fold_train_time_s": result.train_time_s, "done": 1})
 
 
+def release_dead_drivers(run: RunDir, log=print) -> None:
+    """Record this driver in the manifest (train.drivers: Ray session + job id) and remove the
+    placement groups still held for earlier drivers of this run that died on this same cluster.
+
+    A driver killed while a fold's Ray Train controller is (re)requesting its worker group can leave
+    that group's placement group behind: the request reaches Ray after the dead job's cleanup, so
+    nothing ever removes it and its CPUs stay reserved. Only such groups are removed: created by a
+    dead earlier job of this run, not detached, and holding no live actor.
+    """
+    import ray
+    from ray.util import remove_placement_group
+    from ray.util.placement_group import PlacementGroup
+    from ray.util.state import list_actors, list_jobs, list_placement_groups
+
+    ctx = ray.get_runtime_context()
+    me = {"session": ctx.get_session_name(), "job": ctx.get_job_id()}
+    # job ids are per cluster session: drivers that ran on another cluster (or another start of it) are dropped
+    earlier = [d for d in run.stage("train").get("drivers", []) if d["session"] == me["session"] and d != me]
+    here = {d["job"] for d in earlier}
+    stale = []
+    if here:
+        try:
+            address = ctx.gcs_address  # explicit: the state API refuses to guess among several Rays on a host
+            status = {j.job_id: j.status for j in list_jobs(address=address, limit=10_000, raise_on_missing_output=False)}
+            dead = {j for j in here if status.get(j) in ("SUCCEEDED", "FAILED", "STOPPED")}  # a driver job not listed is not judged
+            used = {a.placement_group_id for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True,
+                                                               limit=10_000, raise_on_missing_output=False)}
+            stale = [pg.placement_group_id for pg in list_placement_groups(address=address, detail=True, limit=10_000,
+                                                                           raise_on_missing_output=False)
+                     if pg.creator_job_id in dead and pg.state != "REMOVED" and not pg.is_detached
+                     and pg.placement_group_id not in used]
+        except Exception as exc:  # no dashboard on the cluster: nothing to check with
+            log(f"could not check for placement groups left by earlier drivers: {exc}")
+        else:
+            earlier = [d for d in earlier if d["job"] not in dead]
+        for pg_id in stale:
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
+        if stale:
+            log(f"removed {len(stale)} placement group(s) left by an earlier, killed driver of this run")
+    run.update("train", drivers=earlier + [me])
+
+
 def finished_trial(folder: Path) -> Optional[dict]:
     """trials/<id>/history.json of a trial whose model was kept (collect_fold writes it last), else None."""
     path = folder / "history.json"
@@ -173,6 +215,7 @@ def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = 
     from ray import tune
 
     check_fits(cfg)
+    release_dead_drivers(run, log)
     search_alg, param_space, num_samples = build_search(cfg)
     trainable = tune.with_resources(
         tune.with_parameters(fold_trial, base_cfg=cfg.model_dump(mode="json"), run_root=str(run.root.resolve()),
