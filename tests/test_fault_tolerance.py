@@ -185,6 +185,7 @@ def test_killed_worker_restarts_from_the_folds_last_checkpoint(ray_session, tmp_
     # the final model exists and the interrupted fold trained exactly like an uninterrupted one
     assert (root / "folds" / "0" / "model" / "model.pt").is_file()
     clean = clean_fold_history(cfg)
+    assert len(clean) == epochs
     for got, want in zip(history, clean):
         for key in ("val_loss", "val_macro_f1", "train_loss"):
             assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (got["epoch"], key)
