@@ -118,7 +118,7 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool 
     shared = None if cached else {**prepare_folds(cfg, dataset), "resume_from": checkpoints}
     if cached:
         log("train: unchanged, fold models reused")
-        results = [load_fold_result(run, k) for k in range(cfg.cv.folds)]
+        results = [load_fold_result(run.fold_dir(k), k) for k in range(cfg.cv.folds)]
         trials = json.loads((run.root / "trials.json").read_text())["trials"]
     else:
         log(f"training {cfg.cv.folds} fold(s) x {cfg.tune.samples if cfg.tune.search else 1} config(s) of "

@@ -146,10 +146,11 @@ def fold_checkpoints(source: RunDir, folds: int) -> list[str]:
     return found
 
 
-def load_fold_result(run: RunDir, fold: int) -> Optional[FoldResult]:
-    """A fold finished by an earlier (resumed) run, or None."""
-    path = run.fold_dir(fold) / "history.json"
-    if not (path.is_file() and (run.model_dir(fold) / "model.json").is_file()):
+def load_fold_result(folder: Path, fold: int) -> Optional[FoldResult]:
+    """The fold kept in ``folder`` (folds/<k>/ or trials/<id>/), or None when it is not complete:
+    collect_fold writes history.json last, so its presence marks a finished folder."""
+    path = folder / "history.json"
+    if not (path.is_file() and (folder / "model" / "model.json").is_file()):
         return None
     info = json.loads(path.read_text())
-    return FoldResult(fold, run.model_dir(fold), info["history"], info["best"], info["train_time_s"])
+    return FoldResult(fold, folder / "model", info["history"], info["best"], info["train_time_s"])

@@ -23,7 +23,7 @@ import numpy as np
 
 from orchestrator.artifacts import RunDir, write_json
 from orchestrator.config import ConfigError, ExperimentConfig, TuneConfig, with_overrides
-from orchestrator.training import FoldResult, build_torch_trainer, collect_fold
+from orchestrator.training import FoldResult, build_torch_trainer, collect_fold, load_fold_result
 
 TRIAL_INDEX = "__trial_index__"
 TUNE_NAME = "tune"
@@ -132,12 +132,12 @@ def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> Non
     fold = int(config.get(TRIAL_INDEX, 0))
     run = RunDir(Path(run_root))
     trial_id = tune.get_context().get_trial_id()
-    done = finished_trial(run.root / "trials" / trial_id)
+    done = load_fold_result(run.root / "trials" / trial_id, fold)
     if done is not None:
         # Finished before the driver died, but after Tune's last experiment snapshot (taken every
         # >= 10 s), so the restored experiment runs this trial again: report the kept result.
-        tune.report({cfg.tune.metric: done["best"][cfg.tune.metric], "fold": fold, "best_epoch": done["best"]["epoch"],
-                     "fold_train_time_s": done["train_time_s"], "done": 1, "reused": 1})
+        tune.report({cfg.tune.metric: done.best[cfg.tune.metric], "fold": fold, "best_epoch": done.best["epoch"],
+                     "fold_train_time_s": done.train_time_s, "done": 1, "reused": 1})
         return
     train_idx, val_idx = shared["plan"][fold]
     data = fold_data(shared["ids"], shared["labels"], train_idx, val_idx, shared["encoder"], len(shared["meta"]["classes"]), shared["meta"]["multilabel"])
@@ -193,14 +193,6 @@ def release_dead_drivers(run: RunDir, log=print) -> None:
         if stale:
             log(f"removed {len(stale)} placement group(s) left by an earlier, killed driver of this run")
     run.update("train", drivers=earlier + [me])
-
-
-def finished_trial(folder: Path) -> Optional[dict]:
-    """trials/<id>/history.json of a trial whose model was kept (collect_fold writes it last), else None."""
-    path = folder / "history.json"
-    if not (path.is_file() and (folder / "model" / "model.json").is_file()):
-        return None
-    return json.loads(path.read_text())
 
 
 @dataclass
@@ -277,14 +269,12 @@ def select_best(cfg: ExperimentConfig, run: RunDir, grid) -> TuneOutcome:
 
 def adopt_trial_model(run: RunDir, fold: int, trial_id: str) -> FoldResult:
     """Copy trials/<id>/ (model + history) to folds/<fold>/."""
-    from orchestrator.training import load_fold_result
-
     source, target = run.root / "trials" / trial_id, run.fold_dir(fold)
     tmp = target.with_name(f".{fold}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
-    result = load_fold_result(run, fold)
+    result = load_fold_result(target, fold)
     assert result is not None, f"trial {trial_id} left no model"
     return result
