@@ -68,19 +68,25 @@ def live_pg_ids() -> set[str]:
     return {pg.placement_group_id for pg in placement_groups() if pg.state in LIVE_PG_STATES}
 
 
-def assert_nothing_left(pgs_before: set[str], timeout: float = 60.0) -> None:
+def live_train_actor_ids() -> set[str]:
+    """Ray Train workers and controllers alive now (earlier tests of the session may have left some:
+    each test judges only the ones its own run created)."""
+    return {a.actor_id for a in actors("RayTrainWorker") + actors("TrainController")}
+
+
+def assert_nothing_left(pgs_before: set[str], actors_before: set[str], timeout: float = 60.0) -> None:
     """No placement group created since ``pgs_before`` still holds resources, and no Ray Train
-    worker or controller is alive (removal is asynchronous after a run returns: bounded wait)."""
+    worker or controller started since ``actors_before`` is alive (removal is asynchronous after a
+    run returns: bounded wait)."""
     def clean():
-        leaked = live_pg_ids() - pgs_before
-        alive = actors("RayTrainWorker") + actors("TrainController")
-        return not leaked and not alive
+        return not (live_pg_ids() - pgs_before) and not (live_train_actor_ids() - actors_before)
     deadline = time.monotonic() + timeout
     while not clean():
         if time.monotonic() > deadline:
             leaked = [(pg.placement_group_id, pg.state, pg.creator_job_id) for pg in placement_groups()
                       if pg.state in LIVE_PG_STATES and pg.placement_group_id not in pgs_before]
-            alive = [(a.class_name, a.pid) for a in actors("RayTrainWorker") + actors("TrainController")]
+            alive = [(a.class_name, a.pid) for a in actors("RayTrainWorker") + actors("TrainController")
+                     if a.actor_id not in actors_before]
             pytest.fail(f"left behind after {timeout:.0f}s: placement groups {leaked}, actors {alive}")
         time.sleep(0.5)
 
@@ -157,7 +163,7 @@ def test_killed_worker_restarts_from_the_folds_last_checkpoint(ray_session, tmp_
     epochs = 8
     cfg = with_overrides(load_config(SMOKE), {"name": "worker_kill", "runs_dir": str(tmp_path), "train.epochs": epochs,
                                                "train.early_stopping_patience": None})
-    pgs_before = live_pg_ids()
+    pgs_before, actors_before = live_pg_ids(), live_train_actor_ids()
     root = tmp_path / "worker_kill"
     killer = WorkerKiller(root / "ray")
     killer.start()
@@ -190,7 +196,7 @@ def test_killed_worker_restarts_from_the_folds_last_checkpoint(ray_session, tmp_
         for key in ("val_loss", "val_macro_f1", "train_loss"):
             assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), (got["epoch"], key)
     assert summary.test_metrics["macro_f1"] > 0.7
-    assert_nothing_left(pgs_before)
+    assert_nothing_left(pgs_before, actors_before)
 
 
 def _run_cli(args: list[str], log: Path) -> subprocess.Popen:
@@ -214,7 +220,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(ray_session, tm
     args = [str(SMOKE), "--address", state_address(), "--set", "name=driver_kill", "--set", f"runs_dir={tmp_path}",
             "--set", f"cv.folds={folds}"]
     root, log = tmp_path / "driver_kill", tmp_path / "driver.log"
-    pgs_before = live_pg_ids()
+    pgs_before, actors_before = live_pg_ids(), live_train_actor_ids()
     driver = _run_cli(args, log)
     try:
         def finished_trials():
@@ -232,7 +238,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(ray_session, tm
     # Ray reclaims the dead driver's trials and TorchTrainers. (Not always all its placement groups:
     # a fold controller that requests its worker group while the job is torn down leaves one behind,
     # holding a CPU; `run --resume` removes it, see tuning.release_dead_drivers.)
-    wait_for(lambda: not actors("RayTrainWorker") and not actors("TrainController"), 60,
+    wait_for(lambda: not (live_train_actor_ids() - actors_before), 60,
              "the killed driver's actors to be reclaimed", 0.5)
 
     controllers_before = len(actors("TrainController", alive_only=False))
@@ -260,7 +266,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(ray_session, tm
     assert manifest["stages"]["train"]["status"] == manifest["stages"]["evaluate"]["status"] == "done"
     for fold in range(folds):
         assert (root / "folds" / str(fold) / "model" / "model.pt").is_file()
-    assert_nothing_left(pgs_before)
+    assert_nothing_left(pgs_before, actors_before)
 
 
 @pytest.mark.filterwarnings("ignore:Mean of empty slice")  # Tune's Repeater averaging the failed config's no scores
@@ -275,13 +281,13 @@ def test_failed_trial_leaves_no_placement_group_or_train_actor(ray_session, tmp_
         "name": "failing_trial", "runs_dir": str(tmp_path), "train.epochs": 1, "tune.searcher": "grid",
         "tune.search": {"model.pretrained_vectors": f"grid([None, {str(bad_vectors)!r}])"},
     })
-    pgs_before = live_pg_ids()
+    pgs_before, actors_before = live_pg_ids(), live_train_actor_ids()
     summary = run_experiment(cfg, log=lambda *_: None)
     trials = json.loads((summary.run.root / "trials.json").read_text())
     assert [t["params"] for t in trials["trials"]] == [{"model.pretrained_vectors": None}]
     errored = [p for p in (summary.run.root / "ray" / "tune").glob("*/error.txt")]
     assert len(errored) == 1 and "dimensional vectors" in errored[0].read_text()
-    assert_nothing_left(pgs_before)
+    assert_nothing_left(pgs_before, actors_before)
 
 
 HOLDER = """
