@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
+import numpy as np
 import torch
 
 from orchestrator.artifacts import RunDir
@@ -68,21 +69,42 @@ def run_artifacts(run: RunDir) -> list[Artifact]:
     return out
 
 
+def best_rates(runs: dict[str, Callable[[], object]], n: int, passes: int = TIMED_PASSES) -> dict[str, float]:
+    """texts/s of each callable (one call handles ``n`` texts): its fastest of ``passes`` calls. The
+    calls are taken in turns (every callable's first pass, then every second pass, ...), so a change
+    of load on a shared machine reaches all of them alike. The caller has warmed them up already."""
+    if passes < 1:
+        raise ValueError(f"passes: expected at least 1, got {passes}")
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(passes):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return {name: n / max(seconds, 1e-9) for name, seconds in best.items()}
+
+
 def texts_per_second(predict: Callable[[], object], n: int) -> float:
     """Best of ``TIMED_PASSES`` passes; the caller has warmed the model up already."""
-    times = []
-    for _ in range(TIMED_PASSES):
-        started = time.perf_counter()
-        predict()
-        times.append(time.perf_counter() - started)
-    return n / max(min(times), 1e-9)
+    return best_rates({"": predict}, n)[""]
+
+
+def evaluation_data(run: RunDir) -> tuple[list[str], np.ndarray]:
+    """Texts and gold labels (``label_array``) of ``evaluation_split(run)``."""
+    split = evaluation_split(run)
+    data = run.stage("data")
+    return split.texts, label_array(split.labels, len(data["classes"]), data["multilabel"])
+
+
+def score(model: EnsembleBase, texts: list[str], gold: np.ndarray, batch_size: int = BATCH_SIZE) -> dict:
+    """``compute_metrics`` of the model's (ensemble) predictions on ``texts``."""
+    return compute_metrics(gold, model.predict_proba(texts, batch_size), model.multilabel, model.threshold)
 
 
 def measure(artifact: Artifact, texts: list[str], gold, sample: list[str]) -> dict:
     """One table row: metrics on all ``texts``, size of the weight files, parameters, texts/s on ``sample``."""
     model = artifact.load()
-    probs = model.predict_proba(texts, BATCH_SIZE)  # also the warm-up of the timed passes
-    metrics = compute_metrics(gold, probs, model.multilabel, model.threshold)
+    metrics = score(model, texts, gold)  # also the warm-up of the timed passes
     ids = model.encode(sample)  # tokenization is not timed: it is the same for every backend
     rate = texts_per_second(lambda: model.combine(model.fold_logits(ids, BATCH_SIZE)), len(ids))
     return {"model": artifact.name, "backend": artifact.backend, "device": getattr(model, "device", "cpu"),
@@ -92,21 +114,24 @@ def measure(artifact: Artifact, texts: list[str], gold, sample: list[str]) -> di
             "texts_per_s": rate}
 
 
+def cycled(texts: list[str], n: int) -> list[str]:
+    """``n`` texts: ``texts`` repeated as often as needed, then cut."""
+    return (texts * (n // max(len(texts), 1) + 1))[:n]
+
+
 def stage_comparison(run: RunDir, sample_texts: int = SAMPLE_TEXTS,
                      log: Optional[Callable[[str], object]] = None) -> list[dict]:
     """A row per artifact of the run (keys: ``COLUMNS``), scored on ``evaluation_split(run)``.
 
     ONNX rows take the parameter count of the torch row they were exported from (int8 stores the
     same parameters in fewer bytes)."""
-    split = evaluation_split(run)
-    data = run.stage("data")
-    gold = label_array(split.labels, len(data["classes"]), data["multilabel"])
-    sample = (split.texts * (sample_texts // max(len(split.texts), 1) + 1))[:sample_texts]
+    texts, gold = evaluation_data(run)
+    sample = cycled(texts, sample_texts)
     rows, params = [], {}
     for artifact in run_artifacts(run):
         if log:
             log(f"compare: {artifact.name} ({artifact.backend})")
-        row = measure(artifact, split.texts, gold, sample)
+        row = measure(artifact, texts, gold, sample)
         row["parameters"] = params.setdefault(artifact.name, row["parameters"])
         rows.append(row)
     return rows
