@@ -114,6 +114,7 @@ class TrainConfig(Section):
     early_stopping_patience: Optional[int] = Field(2, ge=1, description="Stop after this many epochs without improvement (null = off).")
     metric: Literal["macro_f1", "micro_f1", "accuracy", "loss"] = Field("macro_f1", description="Validation metric for best checkpoint and early stopping.")
     threshold: float = Field(0.5, gt=0, lt=1, description="multilabel: sigmoid threshold.")
+    tune_thresholds: bool = Field(False, description="multilabel: per-class thresholds that maximise F1 on held-out predictions (out-of-fold; validation with 1 fold), saved with the models.")
     num_workers: int = Field(1, ge=1, description="Ray Train workers per fold (data parallel).")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved by each training worker.")
     use_gpu: Literal["auto", "yes", "no"] = Field("auto", description="auto: use a GPU when the cluster has one.")

@@ -36,7 +36,7 @@ class EnsembleBase:
         self.encoder, self.meta = self._load(self.model_dirs)
         self.classes: list[str] = self.meta["classes"]
         self.multilabel: bool = self.meta["multilabel"]
-        self.threshold: float = self.meta.get("threshold", 0.5)
+        self.threshold: float | list[float] = self.meta.get("threshold", 0.5)  # list: one per class (tuned)
 
     def _load(self, model_dirs: list[str]) -> tuple[TextEncoder, dict]:
         """Load the fold models; return the (shared) text encoder and the first fold's meta."""

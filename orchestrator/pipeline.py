@@ -24,8 +24,8 @@ from orchestrator.stages import run_stages
 from orchestrator.training import FoldResult, fold_checkpoints, label_array, load_fold_result, model_meta
 from orchestrator.tuning import tune_folds
 from trainables.inference import predict_logits
-from trainables.metrics import compute_metrics, probabilities
-from trainables.models import build_text_encoder
+from trainables.metrics import compute_metrics, probabilities, tune_thresholds
+from trainables.models import META_FILE, build_text_encoder
 
 
 @dataclass
@@ -141,9 +141,18 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool 
 
 
 def evaluate_run(cfg: ExperimentConfig, run: RunDir, dataset: Dataset, shared: dict, results: list[FoldResult]) -> dict:
-    """OOF metrics (K > 1) and the ensemble's test report next to each single fold's test metrics."""
+    """OOF metrics (K > 1), tuned thresholds (if asked) and the ensemble's test report next to each
+    single fold's test metrics."""
     ensemble = Ensemble([r.model_dir for r in results])
-    oof = evaluate_oof(run, ensemble, shared["ids"], shared["labels"], shared["plan"], dataset) if cfg.cv.folds > 1 else None
+    tune = cfg.train.tune_thresholds and dataset.multilabel
+    labels, oof = shared["labels"], None
+    if cfg.cv.folds > 1 or tune:
+        held_out, covered = held_out_logits(ensemble, shared["ids"], shared["plan"])
+    if cfg.cv.folds > 1:
+        oof = write_oof(run, held_out, covered, labels, dataset.multilabel, ensemble.threshold)
+    if tune:
+        seen = covered > 0
+        ensemble.threshold = adopt_thresholds(run, results, labels[seen], probabilities(held_out[seen], True), cfg.train.threshold)
     # With K folds, val rows are in the training pool: only a separate test split is honest.
     test_split = dataset.test or (dataset.val if cfg.cv.folds == 1 else None)
     test = evaluate_split(run, ensemble, test_split, dataset.classes, dataset.multilabel) if test_split else {}
@@ -151,17 +160,35 @@ def evaluate_run(cfg: ExperimentConfig, run: RunDir, dataset: Dataset, shared: d
             "test_split": "test" if dataset.test else ("val" if test_split else None)}
 
 
-def evaluate_oof(run: RunDir, ensemble: Ensemble, ids, labels: np.ndarray, plan, dataset: Dataset) -> dict:
-    """Out-of-fold predictions: each pooled row scored by the one fold model that did not train on it."""
-    oof = np.zeros((len(ids), len(dataset.classes)), dtype=np.float32)
+def held_out_logits(ensemble: Ensemble, ids, plan) -> tuple[np.ndarray, np.ndarray]:
+    """Each pooled row scored by the fold model that did not train on it: ([N, C] logits, [N] times
+    covered). With K folds every row is covered once; with one fold only its validation rows."""
+    logits = np.zeros((len(ids), len(ensemble.classes)), dtype=np.float32)
     covered = np.zeros(len(ids), dtype=int)
     for model, (_, val_idx) in zip(ensemble.models, plan):
-        oof[val_idx] = predict_logits(model, [ids[i] for i in val_idx], ensemble.encoder.pad_id, 64, ensemble.device)
+        logits[val_idx] = predict_logits(model, [ids[i] for i in val_idx], ensemble.encoder.pad_id, 64, ensemble.device)
         covered[val_idx] += 1
+    return logits, covered
+
+
+def write_oof(run: RunDir, oof: np.ndarray, covered: np.ndarray, labels: np.ndarray, multilabel: bool, threshold) -> dict:
+    """Out-of-fold metrics (at the configured threshold) to oof_metrics.json, logits to oof_logits.npy."""
     np.save(run.root / "oof_logits.npy", oof)
-    metrics = compute_metrics(labels, probabilities(oof, dataset.multilabel), dataset.multilabel, ensemble.threshold)
-    write_json(run.root / "oof_metrics.json", {**metrics, "rows": len(ids), "rows_covered_once": int((covered == 1).sum())})
+    metrics = compute_metrics(labels, probabilities(oof, multilabel), multilabel, threshold)
+    write_json(run.root / "oof_metrics.json", {**metrics, "rows": len(oof), "rows_covered_once": int((covered == 1).sum())})
     return metrics
+
+
+def adopt_thresholds(run: RunDir, results: list[FoldResult], gold: np.ndarray, probs: np.ndarray, default: float) -> list[float]:
+    """Per-class thresholds tuned on held-out probabilities, written into every fold model's
+    model.json (so test, predict, serve and export use them) and to thresholds.json."""
+    thresholds = [float(t) for t in tune_thresholds(gold, probs, default=default)]
+    for result in results:
+        meta_path = Path(result.model_dir) / META_FILE
+        meta = json.loads(meta_path.read_text())
+        atomic_write_text(meta_path, json.dumps({**meta, "threshold": thresholds}, indent=2))
+    write_json(run.root / "thresholds.json", {"threshold": thresholds, "tuned_on_rows": len(gold)})
+    return thresholds
 
 
 def evaluate_split(run: RunDir, ensemble: Ensemble, split: Split, classes: list[str], multilabel: bool,

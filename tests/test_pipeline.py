@@ -93,3 +93,26 @@ def test_kfold_grid_search_picks_best_fold_mean(ray_session, tmp_path):
     fold_logits = ensemble.fold_logits(ensemble.encode(texts))
     expected = compute_metrics(gold, probabilities(fold_logits.mean(0), False), False)
     assert summary.test_metrics["macro_f1"] == pytest.approx(expected["macro_f1"], abs=1e-9)
+
+
+def test_multilabel_thresholds_tuned_on_out_of_fold_rows(ray_session, tmp_path):
+    """example3 (multi-label) in 2 folds: per-class thresholds tuned on the OOF predictions reach
+    every fold model's model.json, and the test metrics use them."""
+    cfg = with_overrides(load_config(SMOKE), {
+        "name": "ml", "runs_dir": str(tmp_path), "train.epochs": 1, "cv.folds": 2,
+        "data.train": str(ROOT / "data" / "example3" / "train.csv"), "data.test": str(ROOT / "data" / "example3" / "test.csv"),
+        "data.val": None, "data.multilabel": True, "data.label_separator": ",", "data.max_rows": 800,
+        "train.loss": "zlpr", "train.metric": "micro_f1", "train.tune_thresholds": True,
+    })
+    summary = run_experiment(cfg, log=lambda *_: None)
+    root = summary.run.root
+    tuned = json.loads((root / "thresholds.json").read_text())
+    ensemble = Ensemble(summary.run.fold_model_dirs())
+    assert len(tuned["threshold"]) == len(ensemble.classes) and tuned["tuned_on_rows"] == len(np.load(root / "oof_logits.npy"))
+    assert ensemble.threshold == tuned["threshold"] and len(set(tuned["threshold"])) > 1  # not one global value
+    test = [json.loads(l) for l in (root / "data" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    gold = np.array([[int(c in r["label"]) for c in ensemble.classes] for r in test])
+    probs = ensemble.predict_proba([r["text"] for r in test])
+    expected = compute_metrics(gold, probs, True, np.array(tuned["threshold"]))
+    assert summary.test_metrics["micro_f1"] == pytest.approx(expected["micro_f1"], abs=1e-9)
+    assert expected["micro_f1"] != pytest.approx(compute_metrics(gold, probs, True, 0.5)["micro_f1"], abs=1e-9)
