@@ -12,7 +12,7 @@ from torch import nn
 from orchestrator.ensemble import Ensemble
 from orchestrator.onnx_ensemble import OnnxEnsemble
 from trainables.export import (
-    ExportError, compare_logits, export_model_dir, export_onnx, model_type, onnx_logits, onnx_session, parity_check,
+    ExportError, compare_logits, export_model_dir, export_onnx, fusable, model_type, onnx_logits, onnx_session, parity_check,
     quantize_int8,
 )
 from trainables.inference import predict_logits
@@ -212,3 +212,28 @@ def test_export_model_dir_hf_multilabel(tmp_path):
 def test_model_type_is_the_hf_model_type_or_the_class_name():
     assert model_type(build("deberta-v3")) == "deberta-v2"
     assert model_type(build("textcnn")) == "TextCNN"
+
+
+def op_types(path):
+    import onnx
+
+    return {node.op_type for node in onnx.load(str(path)).graph.node}
+
+
+def test_bert_graph_is_fused_keeps_parity_and_quantizes_its_attention(tmp_path):
+    """A BERT-type encoder (MiniLM's) is exported with ONNX Runtime's fused kernels; the logits stay
+    within 1e-4 of torch, int8 quantizes the fused attention too, and a transformer-pruned encoder
+    (heads per layer differ) is left unfused."""
+    model = build("bert")
+    fused = export_onnx(model, tmp_path / "m.onnx")
+    assert fusable(model) and {"Attention", "SkipLayerNormalization"} <= op_types(fused)
+    assert "Attention" not in op_types(export_onnx(model, tmp_path / "plain.onnx", fuse=False))
+    ids = random_rows(9, 20, model.get_input_embeddings().num_embeddings)
+    parity = parity_check(model, onnx_session(fused), ids, pad_id(model), batch_size=4)
+    assert parity["max_abs_diff"] <= 1e-4 and parity["same_predictions"], parity
+    assert model.encoder.config._attn_implementation != "eager"  # the export's eager attention is undone
+    int8 = quantize_int8(fused, tmp_path / "m.int8.onnx")
+    assert "QAttention" in op_types(int8) and "Attention" not in op_types(int8)
+    assert compare_logits(onnx_logits(onnx_session(fused), ids, 0), onnx_logits(onnx_session(int8), ids, 0))["agreement"] >= 0.8
+    model.encoder.config.pruned_layout = {"num_heads": [2, 1], "intermediate_sizes": [64, 64]}
+    assert not fusable(model) and not fusable(build("roberta")) and not fusable(build("textcnn"))

@@ -7,7 +7,6 @@ soft loss, so ``kind``, ``temperature`` and ``alpha`` mean the same thing in eit
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import re
 import tempfile
@@ -15,7 +14,7 @@ import time
 from collections import defaultdict
 from functools import partial
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +24,7 @@ from trainables.hooks import Hook, TrainState
 from trainables.inference import predict_logits
 from trainables.loop import FoldData, Trainer, epoch_batches
 from trainables.losses import build_loss, distill_loss
-from trainables.models.hf import HFClassifier
+from trainables.models.hf import HFClassifier, eager_attention
 from trainables.optim import build_optimizer, build_scheduler
 from trainables.tokenization import collate
 
@@ -212,19 +211,6 @@ class _LossLog:
         return means
 
 
-@contextlib.contextmanager
-def _eager_attention(enabled: bool, *models: HFClassifier) -> Iterator[None]:
-    """Eager attention inside (sdpa returns no attention maps), each model's own setting after."""
-    before = [m.encoder.config._attn_implementation for m in models]
-    try:
-        for m in models if enabled else ():
-            m.encoder.set_attn_implementation("eager")
-        yield
-    finally:
-        for m, implementation in zip(models, before):
-            m.encoder.set_attn_implementation(implementation)
-
-
 def self_distill(teacher: HFClassifier, student_layers: Sequence[int], data: FoldData, train_cfg,
                  intermediate: Sequence[str] = ("hidden",), kind: str = "kl", temperature: float = 4.0,
                  alpha: float = 0.9, teacher_logits=None, teacher_mix: str = "average", seed: int = 42,
@@ -258,7 +244,7 @@ def self_distill(teacher: HFClassifier, student_layers: Sequence[int], data: Fol
         if not best or sign * score > sign * best["score"]:
             best.update(score=score, weights={k: v.detach().clone() for k, v in student.state_dict().items()})
 
-    with _eager_attention(attentions, teacher, student), tempfile.TemporaryDirectory(prefix="textbrewer-") as output_dir:
+    with eager_attention(attentions, teacher, student), tempfile.TemporaryDirectory(prefix="textbrewer-") as output_dir:
         distiller = GeneralDistiller(
             TrainingConfig(device=device, output_dir=output_dir, gradient_accumulation_steps=train_cfg.grad_accum),
             DistillationConfig(temperature=temperature, kd_loss_type=_kd_loss_type(kind, data.multilabel),

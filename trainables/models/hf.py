@@ -2,7 +2,9 @@
 with a pooled classifier head."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -64,3 +66,17 @@ class HFClassifier(nn.Module):
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return self.head(pooled)
+
+
+@contextlib.contextmanager
+def eager_attention(enabled: bool, *models: HFClassifier) -> Iterator[None]:
+    """Eager attention inside (sdpa returns no attention maps, and its exported graph is not one that
+    ONNX Runtime's attention fusion recognises), each model's own setting after."""
+    before = [m.encoder.config._attn_implementation for m in models]
+    try:
+        for m in models if enabled else ():
+            m.encoder.set_attn_implementation("eager")
+        yield
+    finally:
+        for m, implementation in zip(models, before):
+            m.encoder.set_attn_implementation(implementation)
