@@ -36,16 +36,13 @@ class Benchmark:
 
 BENCHMARKS: dict[str, Benchmark] = {
     "train_throughput": Benchmark(("--rows", "800", "--epochs", "2"), "samples/s", "ratio ≥ 1.4"),
-    # val.jsonl: every run has one (a test split is optional). The script writes no machine/date
-    # itself, so --out, and run_all stamps them.
-    "compress_onnx": Benchmark(("{run}/folds/0/model", "--texts", "{run}/data/val.jsonl", "--n", "256",
-                                "--threads", "1", "--out", "{out}"),
-                               "texts/s", "ONNX ≥ torch; int8 file < fp32", needs_run=True),
     "tricks_ablation": Benchmark(("--epochs", "2", "--rows", "2000"), "macro-F1", "best trick ≥ plain"),
     "serve_load": Benchmark(("{run}", "--requests", "1000", "--concurrency", "16"), "texts/s", needs_run=True),
     "cv_overhead": Benchmark(("--folds", "2", "--rows", "2000", "--epochs", "6"), "s", "ratio ≤ 1.15"),
-    # Not written yet (issue 6: student/teacher, pruning speed): listed as not run.
-    "compress": Benchmark(),
+    # ONNX fp32/int8, distilled TextCNN, vocabulary and transformer pruning; each comparison names its
+    # own unit and target. About 10 minutes on a quiet 2-core machine.
+    "compress": Benchmark(("--run", "{run}", "--n", "256", "--threads", "1", "--student-epochs", "20",
+                           "--example1-rows", "3000", "--example1-epochs", "1"), "texts/s", needs_run=True),
 }
 
 
@@ -102,7 +99,8 @@ def stamp_result(name: str) -> None:
 
 
 def comparisons(result: dict) -> dict[str, dict]:
-    """{label: {figure, baseline, ratio}}: one for a single-figure result, several for ``comparisons``."""
+    """{label: {figure, baseline, ratio}}: one for a single-figure result, several for ``comparisons``
+    (each may also name its ``unit`` and ``target``, shown instead of the result's)."""
     if "comparisons" in result:
         return result["comparisons"]
     return {"": {k: result[k] for k in ("figure", "baseline", "ratio")}}
@@ -131,10 +129,10 @@ def markdown(collected: dict[str, dict]) -> str:
         target = f"ratio ≥ {result['target_ratio']}" if "target_ratio" in result else bench.target
         what = result.get("what") or result.get("model_dir", "")
         for label, c in comparisons(result).items():
-            unit = result.get("unit", bench.unit)
-            unit = " bytes" if "bytes" in label else f" {unit}" if unit else ""
+            unit = c.get("unit") or ("bytes" if "bytes" in label else result.get("unit", bench.unit))
+            unit = f" {unit}" if unit else ""
             lines.append(f"| {name}{f' `{label}`' if label else ''} | {what} | {number(c['figure'])}{unit} | "
-                         f"{number(c['baseline'])}{unit} | {c['ratio']:.2f} | {target} | "
+                         f"{number(c['baseline'])}{unit} | {c['ratio']:.2f} | {c.get('target', target)} | "
                          f"{machine_text(result.get('machine', {}))} | {result.get('date', '?')} |")
         if entry.get("status") == "failed":
             lines.append(f"| {name} | latest attempt failed: {entry['reason']} | | | | | | |")
