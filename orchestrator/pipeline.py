@@ -22,7 +22,7 @@ from orchestrator.ensemble import Ensemble
 from orchestrator.report import write_test_report
 from orchestrator.stages import run_stages
 from orchestrator.training import FoldResult, fold_checkpoints, label_array, load_fold_result, model_meta
-from orchestrator.tuning import tune_folds
+from orchestrator.tuning import config_count, tune_folds
 from trainables.inference import predict_logits
 from trainables.metrics import compute_metrics, probabilities, tune_thresholds
 from trainables.models import META_FILE, build_text_encoder
@@ -121,7 +121,7 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool 
         results = [load_fold_result(run.fold_dir(k), k) for k in range(cfg.cv.folds)]
         trials = json.loads((run.root / "trials.json").read_text())["trials"]
     else:
-        log(f"training {cfg.cv.folds} fold(s) x {cfg.tune.samples if cfg.tune.search else 1} config(s) of "
+        log(f"training {cfg.cv.folds} fold(s) x {config_count(cfg.tune)} config(s) of "
             f"{cfg.model.kind}:{cfg.model.arch if cfg.model.kind == 'small' else cfg.model.name} on {len(shared['ids'])} texts")
         run.update("train", "running", key=key)
         outcome = tune_folds(cfg, run, shared, resume=resume, log=log)
