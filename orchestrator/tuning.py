@@ -69,6 +69,13 @@ def grid_size(tune_cfg: TuneConfig) -> int:
     return int(np.prod(sizes)) if sizes else 1
 
 
+def config_count(tune_cfg: TuneConfig) -> int:
+    """How many configs the search tries (each as K fold trials)."""
+    if not tune_cfg.search:
+        return 1
+    return grid_size(tune_cfg) if tune_cfg.searcher == "grid" else tune_cfg.samples
+
+
 def build_search(cfg: ExperimentConfig):
     """(search_alg, param_space, num_samples) for K folds of ``tune.samples`` configs."""
     from ray import tune
@@ -88,7 +95,7 @@ def build_search(cfg: ExperimentConfig):
             raise ConfigError(f"tune.searcher: grid needs grid([...]) or choice([...]) values, not {tcfg.search[bad[0]]!r} for {bad[0]}")
         grid = {k: list(parse_distribution(k, s).categories) for k, s in tcfg.search.items()}
         sampler = optuna.samplers.GridSampler(grid, seed=cfg.seed)
-        samples = grid_size(tcfg)
+        samples = config_count(tcfg)
     elif tcfg.searcher == "random":
         sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
     else:
