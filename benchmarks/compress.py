@@ -173,8 +173,10 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                   "onnx_int8": OnnxEnsemble([work / "export"], int8=True, threads=args.threads),
                   "student": Ensemble([student_dir], "cpu"), "transformer_pruned": Ensemble([pruned_dir], "cpu")}
         f1 = {name: score(model, texts, gold)["macro_f1"] for name, model in models.items()}
+        print(f"compress: macro-F1 on {len(texts)} texts: {json.dumps(f1)}", flush=True)
         torch.set_num_threads(args.threads)
         speed = rates(models, sample, args.batch_sizes, args.repeat)
+        print(f"compress: texts/s {json.dumps({f'{n} batch {b}': r for (n, b), r in speed.items()})}", flush=True)
 
         example1 = example1_minilm(run.config(), work / "example1", args.example1_rows, args.example1_epochs)
         torch.set_num_threads(WORK_THREADS)
