@@ -82,7 +82,8 @@ def epoch_batches(data: FoldData, cfg: Any, seed: int, epoch: int, rank: int = 0
     """Index batches of one epoch, deterministic in (seed, epoch); rank r of world takes every world-th batch."""
     n, size = len(data.train_ids), cfg.batch_size
     if cfg.sampler == "bucket":
-        sampler = BucketBatchSampler([len(x) for x in data.train_ids], size, seed=seed)
+        sampler = BucketBatchSampler([len(x) for x in data.train_ids], size, seed=seed, pool=cfg.bucket_pool,
+                                     noise=cfg.bucket_noise, strata=label_strata(data) if cfg.bucket_stratify else None)
         sampler.set_epoch(epoch)
         batches = list(sampler)
     else:
@@ -93,6 +94,16 @@ def epoch_batches(data: FoldData, cfg: Any, seed: int, epoch: int, rank: int = 0
             order = torch.randperm(n, generator=gen).tolist()
         batches = [order[i : i + size] for i in range(0, n, size)]
     return batches[rank::world]
+
+
+def label_strata(data: FoldData) -> list[int]:
+    """One stratum per row for label-mixed bucketing: its class (multilabel: its rarest label, -1 for none)."""
+    if not data.multilabel:
+        return np.asarray(data.train_labels).astype(int).tolist()
+    labels = np.asarray(data.train_labels) > 0
+    counts = np.maximum(labels.sum(0), 1)
+    rarest = np.where(labels, counts[None, :], np.iinfo(np.int64).max).argmin(1)
+    return np.where(labels.any(1), rarest, -1).astype(int).tolist()
 
 
 def sample_weights(data: FoldData) -> np.ndarray:
