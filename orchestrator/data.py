@@ -23,7 +23,6 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from orchestrator.config import CleanConfig, DataConfig
 
@@ -398,6 +397,8 @@ def _holdout(split: Split, n_held: int, what: str, seed: int, multilabel: bool, 
         fold = _iterative_stratification(label_matrix(split.labels, len(classes)), [n - n_held, n_held], seed)
         held = np.flatnonzero(fold == 1)
     else:
+        from sklearn.model_selection import train_test_split  # here: Tune trial processes import this module
+
         _check_stratifiable(split.labels, n_held, what, classes, source)
         _, held = train_test_split(np.arange(n), test_size=n_held, stratify=split.labels, random_state=seed)
     is_held = np.zeros(n, dtype=bool)
@@ -436,6 +437,8 @@ def kfold_splits(labels: Sequence, k: int, seed: int, multilabel: bool) -> list[
         for c in np.flatnonzero((counts > 0) & (counts < k)):
             raise DataError(f"cv.folds={k}: class id {c} has only {counts[c]} rows in train + val; stratified "
                             f"{k}-fold needs at least {k} rows of every class (lower cv.folds)")
+        from sklearn.model_selection import StratifiedKFold
+
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
         vals = [val for _, val in splitter.split(np.zeros(n), labels)]
     return [(np.setdiff1d(np.arange(n), val), np.sort(val)) for val in vals]

@@ -3,12 +3,16 @@
 Runs inside every training worker each epoch, so it depends on numpy/scipy/sklearn only (never
 on orchestrator or ray). Labels are integer ids ``[N]`` for multiclass and multi-hot ``[N, C]``
 for multilabel.
+
+sklearn is imported where a score is computed, not with this module: every Tune trial process
+imports it (orchestrator.training -> trainables.loop) without scoring anything, and sklearn (with
+scipy.stats) is about a second of CPU there (docs/benchmarks.md, CV overhead). Training workers
+import it before their first epoch (trainables/ray_worker.py).
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy.special import expit, softmax
-from sklearn.metrics import accuracy_score, f1_score
 
 DEFAULT_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
 
@@ -41,6 +45,8 @@ def compute_metrics(gold: np.ndarray, probs: np.ndarray, multilabel: bool,
     F1 follows sklearn's defaults: multiclass averages over the classes seen in gold or
     predictions, and undefined scores count as 0.
     """
+    from sklearn.metrics import accuracy_score, f1_score
+
     gold = np.asarray(gold).astype(np.int64)
     pred = predict_labels(probs, multilabel, threshold)
     scores = {"accuracy": accuracy_score(gold, pred)}
@@ -56,6 +62,8 @@ def tune_thresholds(gold_multi_hot: np.ndarray, probs: np.ndarray, grid: np.ndar
     Ties go to the grid value nearest ``default``, so a class whose F1 cannot be moved (e.g. no
     positives in validation) keeps the usual threshold instead of the lowest one.
     """
+    from sklearn.metrics import f1_score
+
     gold = np.asarray(gold_multi_hot).astype(np.int64)
     probs = np.asarray(probs)
     grid = np.asarray(grid, dtype=np.float64)

@@ -48,6 +48,7 @@ def load_train_state(directory: str | Path) -> dict:
 
 def train_fold_worker(config: dict) -> None:
     """Per-worker function of a TorchTrainer; ``config`` holds plain dicts and an ObjectRef to the fold data."""
+    import sklearn.metrics  # noqa: F401  trainables.metrics imports it lazily: load it before the first epoch's clock
     payload = config["payload"]
     if isinstance(payload, ray.ObjectRef):
         payload = ray.get(payload)
