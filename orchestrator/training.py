@@ -8,6 +8,7 @@ storage path (no timestamps), so re-running resumes from the latest checkpoint.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -61,6 +62,16 @@ def use_gpu(cfg: ExperimentConfig) -> bool:
     return cfg.train.use_gpu == "yes"
 
 
+# Seconds between the Ray Train controller's polls of its workers (Ray's default: 2). A poll also
+# takes the worker's next ray.train.report off a one-slot queue, so each report of an epoch shorter
+# than the interval blocks the worker until the next poll: with 2 s, 6 epochs of 0.35 s took 12 s
+# (docs/benchmarks.md, CV overhead). A poll that does not answer in time is only a missed health
+# check (a worker counts as dead after RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S, 10 min), so a short
+# interval stays safe on a loaded machine. The environment variable, where set, wins.
+HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+HEALTH_CHECK_INTERVAL_S = 0.25
+
+
 def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, fold: int, payload_ref: Any, callbacks: Sequence = (),
                         name: Optional[str] = None, resume_from: Optional[str] = None):
     """A TorchTrainer for one fold, storing under the run's Ray storage as ``name`` (default ``fold_<k>``)."""
@@ -68,6 +79,10 @@ def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, fold: int, payload_r
     from ray.train.torch import TorchTrainer
 
     from trainables.ray_worker import train_fold_worker
+
+    # read by TorchTrainer.fit() here and passed on to its controller actor (Ray Train V2 propagates
+    # the RAY_TRAIN_* variables set in the process that fits)
+    os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV, str(HEALTH_CHECK_INTERVAL_S))
 
     gpu = use_gpu(cfg)
     return TorchTrainer(
