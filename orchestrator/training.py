@@ -65,7 +65,7 @@ def use_gpu(cfg: ExperimentConfig) -> bool:
 # Seconds between the Ray Train controller's polls of its workers (Ray's default: 2). A poll also
 # takes the worker's next ray.train.report off a one-slot queue, so each report of an epoch shorter
 # than the interval blocks the worker until the next poll: with 2 s, 6 epochs of 0.35 s took 12 s
-# (docs/benchmarks.md, CV overhead). A poll that does not answer in time is only a missed health
+# (docs/architecture.md, CV trial seconds). A poll that does not answer in time is only a missed health
 # check (a worker counts as dead after RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S, 10 min), so a short
 # interval stays safe on a loaded machine. The environment variable, where set, wins.
 HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"

@@ -236,7 +236,7 @@ def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = 
                 metric=cfg.tune.metric, mode=cfg.tune.mode,
                 max_concurrent_trials=cfg.tune.max_concurrent or cfg.cv.parallel or cfg.cv.folds,
                 # A finished trial's actor (its process, with Ray Tune and torch imported) runs the
-                # next fold or config instead of a new one being started (docs/benchmarks.md)
+                # next fold or config instead of a new one being started (docs/architecture.md, "Where a trial's seconds go")
                 reuse_actors=True,
             ),
             run_config=RunConfig(name=TUNE_NAME, storage_path=str(run.ray_storage), failure_config=FailureConfig(max_failures=1),

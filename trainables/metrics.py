@@ -6,7 +6,7 @@ for multilabel.
 
 sklearn is imported where a score is computed, not with this module: every Tune trial process
 imports it (orchestrator.training -> trainables.loop) without scoring anything, and sklearn (with
-scipy.stats) is about a second of CPU there (docs/benchmarks.md, CV overhead). Training workers
+scipy.stats) is about a second of CPU there (docs/architecture.md, CV trial seconds). Training workers
 import it before their first epoch (trainables/ray_worker.py).
 """
 from __future__ import annotations
