@@ -185,8 +185,7 @@ def adopt_thresholds(run: RunDir, results: list[FoldResult], gold: np.ndarray, p
     thresholds = [float(t) for t in tune_thresholds(gold, probs, default=default)]
     for result in results:
         meta_path = Path(result.model_dir) / META_FILE
-        meta = json.loads(meta_path.read_text())
-        atomic_write_text(meta_path, json.dumps({**meta, "threshold": thresholds}, indent=2))
+        write_json(meta_path, {**json.loads(meta_path.read_text()), "threshold": thresholds})
     write_json(run.root / "thresholds.json", {"threshold": thresholds, "tuned_on_rows": len(gold)})
     return thresholds
 

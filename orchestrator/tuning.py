@@ -77,7 +77,7 @@ def config_count(tune_cfg: TuneConfig) -> int:
 
 
 def build_search(cfg: ExperimentConfig):
-    """(search_alg, param_space, num_samples) for K folds of ``tune.samples`` configs."""
+    """(search_alg, param_space, num_samples) for K folds of each of ``config_count`` configs."""
     from ray import tune
     from ray.tune.search import Repeater
 
@@ -88,20 +88,18 @@ def build_search(cfg: ExperimentConfig):
     from ray.tune.search.optuna import OptunaSearch
 
     space = search_space(tcfg, cfg)
-    samples = tcfg.samples
     if tcfg.searcher == "grid":
         bad = [k for k, s in tcfg.search.items() if not str(s).strip().startswith(("grid", "choice"))]
         if bad:
             raise ConfigError(f"tune.searcher: grid needs grid([...]) or choice([...]) values, not {tcfg.search[bad[0]]!r} for {bad[0]}")
         grid = {k: list(parse_distribution(k, s).categories) for k, s in tcfg.search.items()}
         sampler = optuna.samplers.GridSampler(grid, seed=cfg.seed)
-        samples = config_count(tcfg)
     elif tcfg.searcher == "random":
         sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=cfg.seed)
     searcher = OptunaSearch(space=space, metric=tcfg.metric, mode=tcfg.mode, sampler=sampler)
-    return Repeater(searcher, repeat=folds, set_index=True), {}, samples * folds
+    return Repeater(searcher, repeat=folds, set_index=True), {}, config_count(tcfg) * folds
 
 
 def build_scheduler(cfg: ExperimentConfig):

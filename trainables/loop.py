@@ -100,10 +100,15 @@ def label_strata(data: FoldData) -> list[int]:
     """One stratum per row for label-mixed bucketing: its class (multilabel: its rarest label, -1 for none)."""
     if not data.multilabel:
         return np.asarray(data.train_labels).astype(int).tolist()
+    return rarest_labels(data).tolist()
+
+
+def rarest_labels(data: FoldData) -> np.ndarray:
+    """Multilabel: each row's least frequent label (by training count), -1 for a row with none."""
     labels = np.asarray(data.train_labels) > 0
-    counts = np.maximum(labels.sum(0), 1)
+    counts = np.asarray(data.class_counts())
     rarest = np.where(labels, counts[None, :], np.iinfo(np.int64).max).argmin(1)
-    return np.where(labels.any(1), rarest, -1).astype(int).tolist()
+    return np.where(labels.any(1), rarest, -1).astype(int)
 
 
 def sample_weights(data: FoldData) -> np.ndarray:
@@ -111,8 +116,8 @@ def sample_weights(data: FoldData) -> np.ndarray:
     counts = np.maximum(np.asarray(data.class_counts(), dtype=float), 1.0)
     if not data.multilabel:
         return 1.0 / counts[data.train_labels]
-    inv = data.train_labels * (1.0 / counts)
-    return np.where(inv.max(1) > 0, inv.max(1), 1.0 / counts.max())
+    rarest = rarest_labels(data)
+    return np.where(rarest >= 0, 1.0 / counts[rarest], 1.0 / counts.max())
 
 
 class Trainer:
