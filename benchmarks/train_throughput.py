@@ -1,7 +1,13 @@
 """Training throughput: the project's loop (length-bucketed batches, dynamic padding) against a plain
 loop (random batches padded to their longest row) on the same data and model, over a few seeds, in one run.
 
-    python -m benchmarks.train_throughput [--rows 400] [--epochs 2] [--seeds 3] [--model minilm-l6]
+    python -m benchmarks.train_throughput [--rows 1000] [--val-rows 1000] [--epochs 2] [--seeds 5] [--model minilm-l6]
+
+Data, model and training options are those of experiments/tweet_emotion_cv.yaml (English tweets,
+4 emotions; MiniLM, 64 tokens, batch 32): ``--rows`` training rows and ``--val-rows`` validation rows,
+a stratified sample of its train file. (Until session 3 this ran on example1, Chinese reviews, whose
+characters the English MiniLM vocabulary maps ~2/3 to [UNK]: val macro-F1 ~0.74 with a seed std of
+0.03-0.04, too noisy to tell whether bucketing costs F1.)
 
 Each seed trains both from the same initial weights (seed s: model init, dropout and batch order), so
 the val macro-F1 difference is paired by seed. Writes benchmarks/results/train_throughput.json:
@@ -16,7 +22,7 @@ import numpy as np
 import torch
 
 from benchmarks.common import ROOT, write_result
-from orchestrator.config import ExperimentConfig, with_overrides
+from orchestrator.config import ExperimentConfig, load_config
 from orchestrator.data import load_dataset
 from orchestrator.pipeline import fold_plan
 from orchestrator.training import fold_data, label_array
@@ -59,20 +65,22 @@ def summary(runs: list[dict]) -> dict:
             "label_skew": float(np.mean([r["label_skew"] for r in runs]))}
 
 
+EXPERIMENT = ROOT / "experiments" / "tweet_emotion_cv.yaml"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=400, help="training rows of data/example1")
+    parser.add_argument("--rows", type=int, default=1000, help="training rows")
+    parser.add_argument("--val-rows", type=int, default=1000, help="validation rows (held out of the same file)")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds (from the config's seed on), each training both loops")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds (from the config's seed on), each training both loops")
     parser.add_argument("--model", default="minilm-l6")
-    parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--out")
     args = parser.parse_args()
-    cfg = with_overrides(ExperimentConfig(), {
-        "data": {"train": str(ROOT / "data/example1/train.csv"), "val": str(ROOT / "data/example1/val.csv"),
-                 "text_column": "sentence", "label_column": "label", "max_rows": args.rows},
-        "model.name": args.model, "model.max_length": args.max_length,
-        "train.epochs": args.epochs, "train.batch_size": 16, "train.lr": 1e-4, "train.early_stopping_patience": None,
+    cfg = load_config(EXPERIMENT, {
+        "data.val": None, "data.test_fraction": 0.0, "data.max_rows": args.rows + args.val_rows,
+        "data.val_fraction": args.val_rows / (args.rows + args.val_rows), "model.name": args.model,
+        "train.epochs": args.epochs, "train.early_stopping_patience": None,
     })
     dataset = load_dataset(cfg.data, cfg.seed)
     encoder = build_text_encoder(cfg.model, dataset.train.texts)
@@ -86,20 +94,35 @@ def main() -> None:
         plain_runs.append(train_once(cfg, data, encoder, len(dataset.classes), "random", seed))
         our_runs.append(train_once(cfg, data, encoder, len(dataset.classes), "bucket", seed))
     plain, ours = summary(plain_runs), summary(our_runs)
-    diff = np.array(ours["val_macro_f1_per_seed"]) - np.array(plain["val_macro_f1_per_seed"])
-    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
     sampler = cfg.train
     write_result("train_throughput", {
-        "what": f"{args.model} training samples/s on {args.rows} rows of example1 (max_length {args.max_length}), "
-                f"{args.epochs} epoch(s), seeds {seeds}; bucket sampler pool={sampler.bucket_pool} "
-                f"noise={sampler.bucket_noise} stratify={sampler.bucket_stratify}",
-        "figure": ours["samples_per_s"], "baseline": plain["samples_per_s"], "ratio": ours["samples_per_s"] / plain["samples_per_s"],
-        "target_ratio": 1.4, "bucketed": ours, "plain_random_batches": plain,
-        "f1_diff_mean": float(diff.mean()), "f1_diff_se": se,
-        # no worse: the mean paired difference is above -1 point (seed noise on ~1,500 val rows is about that size)
-        "f1_no_worse": bool(diff.mean() >= -0.01),
+        "what": f"{args.model} training samples/s on {args.rows} rows of tweet_eval emotion (max_length {cfg.model.max_length}, "
+                f"batch {cfg.train.batch_size}, val macro-F1 on {len(data.val_ids)} other rows), {args.epochs} epoch(s), "
+                f"seeds {seeds}; bucket sampler pool={sampler.bucket_pool} noise={sampler.bucket_noise} "
+                f"stratify={sampler.bucket_stratify}",
+        **verdict(ours, plain), "bucketed": ours, "plain_random_batches": plain,
     }, args.out)
 
+
+def verdict(ours: dict, plain: dict) -> dict:
+    """Speed ratio and the seed-paired val macro-F1 difference, each against its target, in run_all's
+    "comparisons" form. "No worse": the mean paired difference is above -1 point (about the seed
+    noise of one run's macro-F1 here)."""
+    diff = np.array(ours["val_macro_f1_per_seed"]) - np.array(plain["val_macro_f1_per_seed"])
+    se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+    speed = ours["samples_per_s"] / plain["samples_per_s"]
+    return {
+        "figure": ours["samples_per_s"], "baseline": plain["samples_per_s"], "ratio": speed,
+        "f1_diff_mean": float(diff.mean()), "f1_diff_se": se, "f1_no_worse": bool(diff.mean() >= -0.01),
+        "comparisons": {
+            "samples_per_s": {"figure": ours["samples_per_s"], "baseline": plain["samples_per_s"], "ratio": speed,
+                              "unit": "samples/s", "target": "ratio ≥ 1.4", "met": bool(speed >= 1.4)},
+            "val_macro_f1": {"figure": ours["val_macro_f1"], "baseline": plain["val_macro_f1"],
+                             "ratio": ours["val_macro_f1"] / plain["val_macro_f1"], "unit": "macro-F1",
+                             "target": f"paired diff ≥ -0.01 (here {diff.mean():+.4f}, SE {se:.4f})",
+                             "met": bool(diff.mean() >= -0.01)},
+        },
+    }
 
 if __name__ == "__main__":
     main()
