@@ -1,10 +1,14 @@
 """Cost of running K folds as parallel Ray Tune trials: the wall time of the folds under Tune against
 the folds' own training times, measured inside them, in the same run.
 
-    python -m benchmarks.cv_overhead [--folds 2] [--rows 2000] [--epochs 6] [--cpus 2]
+    python -m benchmarks.cv_overhead [--folds 4] [--rows 2000] [--epochs 6] [--cpus 2]
 
 Each fold is one Ray Train worker with 1 CPU (1 torch thread) training the tiny TextCNN of
-experiments/smoke.yaml on data/example1; with C CPUs, P = min(K, C) folds run at once.
+experiments/smoke.yaml on data/example1; with C CPUs, P = min(K, C) folds run at once (cv.parallel).
+K = 4 on 2 CPUs runs two rounds, as every run with more trials than slots does (example2: 5 folds x
+2 configs on 2 CPUs), so the second round shows what ``reuse_actors`` saves. With K = P every trial
+pays a new process (Ray worker, Ray Tune and torch imports: about 3 s of a ~25 s fold here), the
+worst case: ``--folds 2`` measured 1.15-1.17 (docs/architecture.md).
 
     fold time  = trials/<id>/history.json train_time_s: from the trial building its TorchTrainer to
                  the fold's best model copied out (Ray Train worker start, every epoch, checkpoints)
@@ -55,7 +59,7 @@ def max_overlap(spans: list[tuple[float, float]]) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--folds", type=int, default=2, help="K")
+    parser.add_argument("--folds", type=int, default=4, help="K")
     parser.add_argument("--rows", type=int, default=2000, help="training rows of data/example1 (train+val pool)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (1 per fold)")
@@ -73,11 +77,6 @@ def main() -> None:
     from orchestrator.tuning import tune_folds
 
     runs_dir = tempfile.mkdtemp(prefix="cv_overhead-")
-    cfg = with_overrides(load_config(ROOT / "experiments" / "smoke.yaml"), {
-        "name": "cv_overhead", "runs_dir": runs_dir, "cv.folds": args.folds, "data.max_rows": args.rows,
-        "train.epochs": args.epochs, "train.early_stopping_patience": None,
-        "train.cpus_per_worker": 1, "train.torch_threads": 1,
-    })
     try:
         started = time.perf_counter()
         if args.address:
@@ -85,6 +84,13 @@ def main() -> None:
         else:  # the dashboard: Ray Train's placement-group cleaner queries the state API
             ray.init(num_cpus=args.cpus, include_dashboard=True, dashboard_host="127.0.0.1", logging_level="WARNING")
         ray_start_s = time.perf_counter() - started
+        cpus = ray.cluster_resources().get("CPU", 0)
+        slots = max(1, min(args.folds, int(cpus)))  # one 1-CPU worker per fold
+        cfg = with_overrides(load_config(ROOT / "experiments" / "smoke.yaml"), {
+            "name": "cv_overhead", "runs_dir": runs_dir, "cv.folds": args.folds, "cv.parallel": slots,
+            "data.max_rows": args.rows, "train.epochs": args.epochs, "train.early_stopping_patience": None,
+            "train.cpus_per_worker": 1, "train.torch_threads": 1,
+        })
 
         started = time.perf_counter()
         dataset = load_dataset(cfg.data, cfg.seed)
@@ -96,8 +102,6 @@ def main() -> None:
         outcome = tune_folds(cfg, run, shared, log=lambda *_: None)
         wall = time.perf_counter() - started
 
-        cpus = ray.cluster_resources().get("CPU", 0)
-        slots = max(1, min(args.folds, int(cpus // (cfg.train.num_workers * cfg.train.cpus_per_worker))))
         fold_times = [r.train_time_s for r in outcome.folds]
         epoch_times = [sum(h["epoch_time_s"] for h in r.history) for r in outcome.folds]
         baseline = sum(fold_times) / slots
