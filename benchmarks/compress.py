@@ -22,6 +22,9 @@ same passes (``compare.best_rates``), ``--threads`` torch and ONNX Runtime threa
    nearly the whole embedding matrix (11.7M of 22.7M parameters) goes.
 5. ``transformer_pruned_vs_teacher``: the teacher with heads and FFN pruned to 2/3 (``run_prune``,
    transformer): speed, macro-F1.
+6. ``roofline``: this CPU's fp32 matrix-multiply peak (torch and ONNX Runtime, ``--threads``), the
+   teacher's FLOPs per text, the GFLOP/s torch and ONNX fp32 reached, and the share of the peak the
+   ONNX-vs-torch target would need (``benchmarks/roofline.py``).
 
 The stages run on a scratch copy of the run (links to its data and fold), so the run directory is
 never written. Writes benchmarks/results/compress.json (``--out``) in run_all's "comparisons" form:
@@ -41,6 +44,7 @@ from typing import Optional, Sequence
 import torch
 
 from benchmarks.common import ROOT, write_result
+from benchmarks.roofline import encoder_flops, gemm_gflops
 from orchestrator.artifacts import RunDir
 from orchestrator.compare import best_rates, cycled, evaluation_data, score
 from orchestrator.config import ExperimentConfig, load_config, with_overrides
@@ -132,6 +136,28 @@ def rates(models: dict[str, EnsembleBase], texts: list[str], batch_sizes: Sequen
     return out
 
 
+def roofline(teacher_dir: Path, ids: Sequence[Sequence[int]], speed: dict, batch_sizes: Sequence[int], threads: int) -> dict:
+    """Measured fp32 matrix-multiply peak against what torch and ONNX fp32 reached on the teacher, and
+    the share of that peak ONNX fp32 would need to be ``TARGETS["onnx_fp32_vs_torch"]`` times torch."""
+    peak = gemm_gflops(threads)
+    per_text = encoder_flops(json.loads((teacher_dir / "hf_config" / "config.json").read_text()), [len(x) for x in ids]) / len(ids)
+    best = max(peak.values()) * 1e9 / per_text
+    return {"gemm_gflops": peak, "gflop_per_text": per_text / 1e9, "max_texts_per_s": best,
+            "achieved_gflops": {f"{name}_batch{b}": speed[name, b] * per_text / 1e9
+                                for b in batch_sizes for name in ("torch", "onnx_fp32", "onnx_int8")},
+            "target_share_of_peak": {f"batch{b}": 1.5 * speed["torch", b] / best for b in batch_sizes}}
+
+
+def roofline_table(roof: dict) -> list[str]:
+    """Markdown rows of ``roofline`` for docs/benchmarks.md (run_all shows a result's ``table``)."""
+    peak = max(roof["gemm_gflops"].values())
+    rows = ["| roofline, 1 thread | GFLOP/s (model FLOPs / time) | share of the best fp32 GEMM |", "| --- | --- | --- |"]
+    rows += [f"| fp32 GEMM peak, {name} | {g:.1f} | {g / peak:.0%} |" for name, g in roof["gemm_gflops"].items()]
+    rows += [f"| {name.replace('_', ' ')} | {g:.1f} | {g / peak:.0%} |" for name, g in roof["achieved_gflops"].items()]
+    rows += [f"| ONNX fp32 at 1.5x torch, {b} | {share * peak:.1f} | {share:.0%} |" for b, share in roof["target_share_of_peak"].items()]
+    return rows
+
+
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "example2", help="trained run of MiniLM fold models")
@@ -179,6 +205,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         torch.set_num_threads(args.threads)
         speed = rates(models, sample, args.batch_sizes, args.repeat)
         print(f"compress: texts/s {json.dumps({f'{n} batch {b}': r for (n, b), r in speed.items()})}", flush=True)
+        roof = roofline(teacher_dir, models["torch"].encode(sample), speed, args.batch_sizes, args.threads)
 
         example1 = example1_minilm(run.config(), work / "example1", args.example1_rows, args.example1_epochs)
         torch.set_num_threads(WORK_THREADS)
@@ -218,7 +245,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         "unit": "texts/s", "comparisons": comparisons,
         "all_targets_met": all(c["met"] for c in comparisons.values() if "met" in c),
         "macro_f1": f1, "texts_per_s": {f"{name}_batch{b}": r for (name, b), r in speed.items()},
-        "parity": parity,
+        "parity": parity, "roofline": roof, "table": roofline_table(roof),
         "student": {k: distill_report[k] for k in ("config", "train_time_s", "best_epoch", "compression")}
                    | {"parameters": distill_report["student"]["parameters"], "size_mb": distill_report["student"]["size_mb"],
                       "teacher_parameters": distill_report["teacher"]["parameters"], "model": STUDENT},

@@ -1,0 +1,87 @@
+"""How close a BERT-type encoder runs to this CPU's fp32 matrix-multiply peak.
+
+An encoder's inference is nearly all matrix multiplies, so texts/s can never pass
+``gemm peak FLOP/s / FLOPs per text``. ``compress`` reports this next to its ONNX-vs-torch figures:
+when torch eager already runs near the peak, no fp32 runtime can be much faster than it.
+
+    python -m benchmarks.roofline [--threads 1]    # the measured peaks only
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+# One FFN matrix multiply of MiniLM-L6 at batch 32 x 64 tokens: [2048, 384] x [384, 1536].
+SHAPE = (2048, 384, 1536)
+
+
+def _best_seconds(run, repeat: int) -> float:
+    run()  # warm-up
+    best = float("inf")
+    for _ in range(repeat):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def gemm_gflops(threads: int = 1, shape: Sequence[int] = SHAPE, repeat: int = 20) -> dict[str, float]:
+    """Best fp32 GFLOP/s of one [m, k] x [k, n] matrix multiply in torch and in ONNX Runtime (MLAS)."""
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    m, k, n = shape
+    flops = 2.0 * m * k * n
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((m, k), dtype=np.float32)
+    b = rng.standard_normal((k, n), dtype=np.float32)
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+        with torch.inference_mode():
+            torch_s = _best_seconds(lambda: torch.matmul(ta, tb), repeat)
+    finally:
+        torch.set_num_threads(previous)
+
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+                              [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [m, n])],
+                              initializer=[numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(),
+                                   options, providers=["CPUExecutionProvider"])
+    ort_s = _best_seconds(lambda: session.run(None, {"a": a}), repeat)
+    return {"torch": flops / torch_s / 1e9, "onnxruntime": flops / ort_s / 1e9}
+
+
+def encoder_flops(config: dict, lengths: Sequence[int]) -> float:
+    """FLOPs of a BERT-type encoder over texts of these token lengths: every layer's Q, K, V, output
+    and FFN projections, plus attention scores and their weighted sum (embeddings, norms, softmax
+    and the classifier head are left out: under 1%)."""
+    h, ffn, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    total = 0.0
+    for t in lengths:
+        projections = t * (4 * h * h + 2 * h * ffn)
+        attention = 2 * t * t * h
+        total += 2.0 * layers * (projections + attention)
+    return total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    print(json.dumps({"threads": args.threads, "shape": SHAPE, "gflops": gemm_gflops(args.threads)}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""The benchmark scripts' own arithmetic: the verdicts they write and the roofline they compare with."""
+from __future__ import annotations
+
+import pytest
+
+from benchmarks.roofline import encoder_flops, gemm_gflops
+from benchmarks.train_throughput import verdict
+
+MINILM_L6 = {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6}
+
+
+def runs(speed: float, f1: list[float]) -> dict:
+    return {"samples_per_s": speed, "val_macro_f1": sum(f1) / len(f1), "val_macro_f1_per_seed": f1}
+
+
+def test_train_throughput_verdict_pairs_f1_by_seed():
+    ours, plain = runs(60.0, [0.70, 0.69, 0.71]), runs(40.0, [0.69, 0.70, 0.69])
+    v = verdict(ours, plain)
+    assert v["ratio"] == pytest.approx(1.5)
+    assert v["comparisons"]["samples_per_s"]["met"] is True
+    assert v["f1_diff_mean"] == pytest.approx(0.02 / 3)
+    assert v["comparisons"]["val_macro_f1"]["met"] is True and v["f1_no_worse"] is True
+
+
+def test_train_throughput_verdict_fails_a_lost_point_and_a_slow_loop():
+    ours, plain = runs(50.0, [0.68, 0.68, 0.68]), runs(40.0, [0.70, 0.69, 0.695])
+    v = verdict(ours, plain)
+    assert v["comparisons"]["samples_per_s"]["met"] is False  # 1.25 < 1.4
+    assert v["f1_diff_mean"] == pytest.approx(-0.015)
+    assert v["comparisons"]["val_macro_f1"]["met"] is False
+    assert "-0.0150" in v["comparisons"]["val_macro_f1"]["target"]
+
+
+def test_encoder_flops_of_minilm_at_64_tokens():
+    # per token and layer: 2 x (4 x 384^2 + 2 x 384 x 1536) projections + 2 x 2 x 64 x 384 attention
+    per_text = 6 * 64 * (2 * (4 * 384**2 + 2 * 384 * 1536) + 4 * 64 * 384)
+    assert encoder_flops(MINILM_L6, [64]) == per_text
+    assert per_text == pytest.approx(1.40e9, rel=0.01)
+    assert encoder_flops(MINILM_L6, [64, 32]) == per_text + encoder_flops(MINILM_L6, [32])
+
+
+def test_gemm_gflops_measures_both_runtimes():
+    peak = gemm_gflops(threads=1, shape=(64, 64, 64), repeat=3)
+    assert set(peak) == {"torch", "onnxruntime"}
+    assert all(v > 0.1 for v in peak.values())
