@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -19,48 +18,40 @@ import numpy as np
 SHAPE = (2048, 384, 1536)
 
 
-def _best_seconds(run, repeat: int) -> float:
-    run()  # warm-up
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
-
-
 def gemm_gflops(threads: int = 1, shape: Sequence[int] = SHAPE, repeat: int = 20) -> dict[str, float]:
-    """Best fp32 GFLOP/s of one [m, k] x [k, n] matrix multiply in torch and in ONNX Runtime (MLAS)."""
+    """Best fp32 GFLOP/s of one [m, k] x [k, n] matrix multiply in torch and in ONNX Runtime (MLAS),
+    timed in turns by ``compare.best_rates`` (one call "handles" its FLOPs)."""
     import onnxruntime as ort
     import torch
     from onnx import TensorProto, helper, numpy_helper
 
+    from orchestrator.compare import best_rates
+
     m, k, n = shape
-    flops = 2.0 * m * k * n
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((k, n), dtype=np.float32)
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        with torch.inference_mode():
-            torch_s = _best_seconds(lambda: torch.matmul(ta, tb), repeat)
-    finally:
-        torch.set_num_threads(previous)
-
     graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
                               [helper.make_tensor_value_info("a", TensorProto.FLOAT, [m, k])],
                               [helper.make_tensor_value_info("c", TensorProto.FLOAT, [m, n])],
                               initializer=[numpy_helper.from_array(b, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model.SerializeToString(),
+    session = ort.InferenceSession(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
                                    options, providers=["CPUExecutionProvider"])
-    ort_s = _best_seconds(lambda: session.run(None, {"a": a}), repeat)
-    return {"torch": flops / torch_s / 1e9, "onnxruntime": flops / ort_s / 1e9}
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    runs = {"torch": lambda: torch.matmul(ta, tb), "onnxruntime": lambda: session.run(None, {"a": a})}
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            for run in runs.values():  # warm-up
+                run()
+            flops = best_rates(runs, 2 * m * k * n, repeat)
+    finally:
+        torch.set_num_threads(previous)
+    return {name: f / 1e9 for name, f in flops.items()}
 
 
 def encoder_flops(config: dict, lengths: Sequence[int]) -> float:
