@@ -58,7 +58,8 @@ from trainables.export import INT8_FILE, ONNX_FILE, export_model_dir
 STUDENT = {"kind": "small", "arch": "textcnn", "tokens": "word", "max_length": 128, "embedding_dim": 64,
            "num_filters": 64, "kernel_sizes": [2, 3, 4], "dropout": 0.3}
 WORK_THREADS = min(2, os.cpu_count() or 1)  # torch threads of the untimed work (pruning, fine-tuning)
-TARGETS = {"onnx_fp32_vs_torch": ("ratio ≥ 1.5", lambda c: c["ratio"] >= 1.5),
+ONNX_FP32_VS_TORCH = 1.5  # issue 6's target; the roofline shows the speed it asks of ONNX Runtime
+TARGETS = {"onnx_fp32_vs_torch": (f"ratio ≥ {ONNX_FP32_VS_TORCH}", lambda c: c["ratio"] >= ONNX_FP32_VS_TORCH),
            "onnx_int8_vs_fp32": ("ratio ≥ 2", lambda c: c["ratio"] >= 2),
            "onnx_int8_vs_fp32_macro_f1": ("drop ≤ 0.01", lambda c: c["baseline"] - c["figure"] <= 0.01),
            "student_vs_teacher": ("ratio ≥ 20", lambda c: c["ratio"] >= 20),
@@ -138,14 +139,14 @@ def rates(models: dict[str, EnsembleBase], texts: list[str], batch_sizes: Sequen
 
 def roofline(teacher_dir: Path, ids: Sequence[Sequence[int]], speed: dict, batch_sizes: Sequence[int], threads: int) -> dict:
     """Measured fp32 matrix-multiply peak against what torch and ONNX fp32 reached on the teacher, and
-    the share of that peak ONNX fp32 would need to be ``TARGETS["onnx_fp32_vs_torch"]`` times torch."""
+    the share of that peak ONNX fp32 would need to be ``ONNX_FP32_VS_TORCH`` times torch."""
     peak = gemm_gflops(threads)
     per_text = encoder_flops(json.loads((teacher_dir / "hf_config" / "config.json").read_text()), [len(x) for x in ids]) / len(ids)
     best = max(peak.values()) * 1e9 / per_text
     return {"gemm_gflops": peak, "gflop_per_text": per_text / 1e9, "max_texts_per_s": best,
             "achieved_gflops": {f"{name}_batch{b}": speed[name, b] * per_text / 1e9
                                 for b in batch_sizes for name in ("torch", "onnx_fp32", "onnx_int8")},
-            "target_share_of_peak": {f"batch{b}": 1.5 * speed["torch", b] / best for b in batch_sizes}}
+            "target_share_of_peak": {f"batch{b}": ONNX_FP32_VS_TORCH * speed["torch", b] / best for b in batch_sizes}}
 
 
 def roofline_table(roof: dict) -> list[str]:
@@ -154,7 +155,7 @@ def roofline_table(roof: dict) -> list[str]:
     rows = ["| roofline, 1 thread | GFLOP/s (model FLOPs / time) | share of the best fp32 GEMM |", "| --- | --- | --- |"]
     rows += [f"| fp32 GEMM peak, {name} | {g:.1f} | {g / peak:.0%} |" for name, g in roof["gemm_gflops"].items()]
     rows += [f"| {name.replace('_', ' ')} | {g:.1f} | {g / peak:.0%} |" for name, g in roof["achieved_gflops"].items()]
-    rows += [f"| ONNX fp32 at 1.5x torch, {b} | {share * peak:.1f} | {share:.0%} |" for b, share in roof["target_share_of_peak"].items()]
+    rows += [f"| ONNX fp32 at {ONNX_FP32_VS_TORCH}x torch, {b} | {share * peak:.1f} | {share:.0%} |" for b, share in roof["target_share_of_peak"].items()]
     return rows
 
 

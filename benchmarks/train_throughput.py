@@ -66,6 +66,8 @@ def summary(runs: list[dict]) -> dict:
 
 
 EXPERIMENT = ROOT / "experiments" / "tweet_emotion_cv.yaml"
+SPEED_TARGET = 1.4     # issue 3: bucketed samples/s over plain
+F1_TOLERANCE = 0.01    # "no worse": mean paired val macro-F1 difference >= -F1_TOLERANCE
 
 
 def main() -> None:
@@ -106,21 +108,22 @@ def main() -> None:
 
 def verdict(ours: dict, plain: dict) -> dict:
     """Speed ratio and the seed-paired val macro-F1 difference, each against its target, in run_all's
-    "comparisons" form. "No worse": the mean paired difference is above -1 point (about the seed
-    noise of one run's macro-F1 here)."""
+    "comparisons" form. "No worse": the mean paired difference is at least -F1_TOLERANCE (1 point,
+    about the seed noise of one run's macro-F1 here)."""
     diff = np.array(ours["val_macro_f1_per_seed"]) - np.array(plain["val_macro_f1_per_seed"])
     se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
     speed = ours["samples_per_s"] / plain["samples_per_s"]
+    no_worse = bool(diff.mean() >= -F1_TOLERANCE)
     return {
         "figure": ours["samples_per_s"], "baseline": plain["samples_per_s"], "ratio": speed,
-        "f1_diff_mean": float(diff.mean()), "f1_diff_se": se, "f1_no_worse": bool(diff.mean() >= -0.01),
+        "f1_diff_mean": float(diff.mean()), "f1_diff_se": se, "f1_no_worse": no_worse,
         "comparisons": {
             "samples_per_s": {"figure": ours["samples_per_s"], "baseline": plain["samples_per_s"], "ratio": speed,
-                              "unit": "samples/s", "target": "ratio ≥ 1.4", "met": bool(speed >= 1.4)},
+                              "unit": "samples/s", "target": f"ratio ≥ {SPEED_TARGET}", "met": bool(speed >= SPEED_TARGET)},
             "val_macro_f1": {"figure": ours["val_macro_f1"], "baseline": plain["val_macro_f1"],
                              "ratio": ours["val_macro_f1"] / plain["val_macro_f1"], "unit": "macro-F1",
-                             "target": f"paired diff ≥ -0.01 (here {diff.mean():+.4f}, SE {se:.4f})",
-                             "met": bool(diff.mean() >= -0.01)},
+                             "target": f"paired diff ≥ {-F1_TOLERANCE} (here {diff.mean():+.4f}, SE {se:.4f})",
+                             "met": no_worse},
         },
     }
 
