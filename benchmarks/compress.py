@@ -45,11 +45,11 @@ import torch
 
 from benchmarks.common import ROOT, write_result
 from benchmarks.roofline import encoder_flops, gemm_gflops
-from orchestrator.artifacts import RunDir
-from orchestrator.compare import best_rates, cycled, evaluation_data, score
+from orchestrator.rundir import RunDir
+from orchestrator.report.compare import best_rates, cycled, evaluation_data, score
 from orchestrator.config import ExperimentConfig, load_config, with_overrides
-from orchestrator.ensemble import Ensemble, EnsembleBase
-from orchestrator.onnx_ensemble import OnnxEnsemble
+from orchestrator.evaluate.ensemble import Ensemble, EnsembleBase
+from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
 from trainables.export import INT8_FILE, ONNX_FILE, export_model_dir
 
 # The student: words (BBC News is English), 128 of them (the teacher reads 64 word pieces), narrow
@@ -92,7 +92,7 @@ def scratch_copy(run: RunDir, fold: int, root: Path) -> RunDir:
 
 def distill_student(scratch: RunDir, epochs: int) -> tuple[Path, dict]:
     """The cross-distilled TextCNN of the distill stage, taught by fold 0 alone."""
-    from orchestrator.distill_stage import run_distill
+    from orchestrator.stages.distill import run_distill
 
     # lr 5e-3: at 2e-3 the student still gained every epoch at epoch 10 (val macro-F1 0.89, teacher 0.97)
     train = {"epochs": epochs, "batch_size": 32, "lr": 5e-3, "weight_decay": 0.0, "warmup_ratio": 0.05,
@@ -106,7 +106,7 @@ def distill_student(scratch: RunDir, epochs: int) -> tuple[Path, dict]:
 
 def prune(cfg: ExperimentConfig, run: RunDir, mode: str) -> tuple[Path, dict]:
     """The prune stage (``mode``, default 2/3 targets) on fold 0 of ``run``: its model dir and report."""
-    from orchestrator.prune_stage import run_prune
+    from orchestrator.stages.prune import run_prune
 
     report = run_prune(with_overrides(cfg, {"prune.mode": mode}), run)
     return run.root / "prune" / "model", report

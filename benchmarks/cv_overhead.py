@@ -70,11 +70,11 @@ def main() -> None:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     import ray
 
-    from orchestrator.artifacts import RunDir
+    from orchestrator.rundir import RunDir
     from orchestrator.config import load_config, with_overrides
     from orchestrator.data import load_dataset
     from orchestrator.pipeline import prepare_folds
-    from orchestrator.tuning import tune_folds
+    from orchestrator.train.tune import tune_folds
 
     runs_dir = tempfile.mkdtemp(prefix="cv_overhead-")
     try:

@@ -21,10 +21,10 @@ from typing import Optional
 import numpy as np
 
 from benchmarks.common import write_result
-from orchestrator.artifacts import RunDir
-from orchestrator.client import Client, ClientError
+from orchestrator.rundir import RunDir
+from orchestrator.serve.client import Client, ClientError
 from orchestrator.config import ServeConfig
-from orchestrator.serving import REPLICA_CPUS, choose_backend, deploy, free_port, load_ensemble, shutdown
+from orchestrator.serve.deployment import REPLICA_CPUS, choose_backend, deploy, free_port, load_ensemble, shutdown
 
 
 def load_texts(run: RunDir, path: Optional[str]) -> list[str]:

@@ -13,8 +13,8 @@ from typing import Callable, Optional, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.artifacts import RunDir, RunDirError
-from orchestrator.client import ClientError
+from orchestrator.rundir import RunDir, RunDirError
+from orchestrator.serve.client import ClientError
 from orchestrator.config import ConfigError, load_config
 from orchestrator.data import DataError
 
@@ -97,7 +97,7 @@ def print_summary(summary) -> None:
         folds.add_row(str(r.fold), str(r.best["epoch"]), f"{r.best['val_macro_f1']:.4f}", f"{r.best['val_accuracy']:.4f}", f"{r.train_time_s:.0f}")
     console.print(folds)
     if len(summary.trials) > 1:
-        from orchestrator.html_report import trial_cells
+        from orchestrator.report.html import trial_cells
 
         trials = Table(title="trials (configs ranked by cross-fold mean)")
         for col in ("config", "fold scores", "mean ± std", "time (s)"):
@@ -114,9 +114,9 @@ def print_summary(summary) -> None:
 
 
 def cmd_test(args) -> int:
-    from orchestrator.ensemble import Ensemble
+    from orchestrator.evaluate.ensemble import Ensemble
     from orchestrator.pipeline import evaluate_split, evaluation_split
-    from orchestrator.report import print_report
+    from orchestrator.report.test_report import print_report
 
     run = RunDir.open(args.run)
     ensemble = Ensemble(run.fold_model_dirs())
@@ -157,11 +157,11 @@ def cmd_predict(args) -> int:
 def _predictor(args) -> tuple[str, Callable[[list[str]], list[dict]]]:
     """What answers (for the banner) and texts -> output lines: the run's ensemble, or the service at --url."""
     if args.url:
-        from orchestrator.client import Client
+        from orchestrator.serve.client import Client
 
         client = Client(args.url, args.token)
         return args.url, lambda texts: _remote_lines(client, texts, args.top)
-    from orchestrator.ensemble import Ensemble
+    from orchestrator.evaluate.ensemble import Ensemble
 
     run = RunDir.open(args.run)
     ensemble = Ensemble(run.fold_model_dirs())
@@ -200,7 +200,7 @@ def serve_until_interrupted(run: RunDir, serve_cfg, onnx: bool) -> None:
     import signal
     import time
 
-    from orchestrator.serving import deploy, shutdown
+    from orchestrator.serve.deployment import deploy, shutdown
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a process manager's stop shuts Serve down too
     try:
@@ -216,8 +216,8 @@ def serve_until_interrupted(run: RunDir, serve_cfg, onnx: bool) -> None:
 
 def write_report(run: RunDir) -> Path:
     """Score and time every model of the run (stage comparison table), then write run/report.html."""
-    from orchestrator.compare import stage_comparison
-    from orchestrator.html_report import print_stage_table, write_html_report
+    from orchestrator.report.compare import stage_comparison
+    from orchestrator.report.html import print_stage_table, write_html_report
 
     rows = stage_comparison(run, log=console.print)
     print_stage_table(rows, console)

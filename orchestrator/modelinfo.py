@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from orchestrator.config import ExperimentConfig
 from orchestrator.data import load_dataset, load_stop_words
-from trainables.models import build_model, build_text_encoder
+from trainables.models import build_model
+from trainables.text.encoders import build_text_encoder
 
 
 def model_info(cfg: ExperimentConfig) -> dict:

@@ -14,18 +14,19 @@ from typing import Optional
 
 import numpy as np
 
-from orchestrator.artifacts import RunDir, write_json
+from orchestrator.rundir import RunDir, write_json
 from trainables.atomic import atomic_write_text
 from orchestrator.config import ExperimentConfig
 from orchestrator.data import Dataset, Split, kfold_splits, load_dataset, load_stop_words
-from orchestrator.ensemble import Ensemble
-from orchestrator.report import write_test_report
-from orchestrator.stages import run_stages
-from orchestrator.training import FoldResult, fold_checkpoints, label_array, load_fold_result, model_meta
-from orchestrator.tuning import config_count, tune_folds
+from orchestrator.evaluate.ensemble import Ensemble
+from orchestrator.report.test_report import write_test_report
+from orchestrator.stages.runner import run_stages
+from orchestrator.train.folds import FoldResult, fold_checkpoints, label_array, load_fold_result, model_meta
+from orchestrator.train.tune import config_count, tune_folds
 from trainables.inference import predict_logits
 from trainables.metrics import compute_metrics, probabilities, tune_thresholds
-from trainables.models import META_FILE, build_text_encoder
+from trainables.models import META_FILE
+from trainables.text.encoders import build_text_encoder
 
 
 @dataclass

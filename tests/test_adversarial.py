@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.test_losses import TinyClassifier, make_batch
-from trainables.adversarial import AWP, FGM, PGD, FreeLB
+from trainables.tricks.adversarial import AWP, FGM, PGD, FreeLB
 from trainables.hooks import TrainState
 
 EPS = 0.5

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.averaging import WeightAveraging
+from trainables.tricks.averaging import WeightAveraging
 from trainables.hooks import TrainState
 
 

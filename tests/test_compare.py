@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.compare import best_rates, cycled, score
-from orchestrator.ensemble import Ensemble
-from orchestrator.onnx_ensemble import OnnxEnsemble
+from orchestrator.report.compare import best_rates, cycled, score
+from orchestrator.evaluate.ensemble import Ensemble
+from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
 from trainables.export import export_model_dir
 from trainables.models import save_model_dir
 from trainables.models.small import build_small_model
-from trainables.vocab import VocabTextEncoder
+from trainables.text.vocab import VocabTextEncoder
 
 TEXTS = ["the cat sat on the mat", "a dog", "cats and dogs and more cats on a mat", "mat", "the the the dog sat",
          "on a cat", "dogs sat", "a mat for the dog"]

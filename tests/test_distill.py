@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from orchestrator.artifacts import RunDir
+from orchestrator.rundir import RunDir
 from orchestrator.config import ConfigError, TrainConfig, load_config, with_overrides
-from orchestrator.distill_stage import run_distill
+from orchestrator.stages.distill import run_distill
 from tests.conftest import ROOT
 from trainables.distill import (TeacherDistillation, TeacherTargets, average_teachers, shallower_copy, self_distill,
                                 teacher_adaptor)
@@ -218,7 +218,7 @@ def bert_run(tmp_path):
     from orchestrator.data import load_dataset
     from orchestrator.pipeline import save_split
     from trainables.models import save_model_dir
-    from trainables.tokenization import HFTextEncoder
+    from trainables.text.hf import HFTextEncoder
 
     cfg = with_overrides(load_config(SMOKE), {
         "runs_dir": str(tmp_path / "runs"), "name": "bert", "data.max_rows": 200, "data.test_fraction": 0.2,

@@ -9,8 +9,8 @@ import torch
 import transformers
 from torch import nn
 
-from orchestrator.ensemble import Ensemble
-from orchestrator.onnx_ensemble import OnnxEnsemble
+from orchestrator.evaluate.ensemble import Ensemble
+from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
 from trainables.export import (
     ExportError, compare_logits, export_model_dir, export_onnx, fusable, model_type, onnx_logits, onnx_session, parity_check,
     quantize_int8,
@@ -19,8 +19,9 @@ from trainables.inference import predict_logits
 from trainables.models import save_model_dir
 from trainables.models.hf import HFClassifier
 from trainables.models.small import build_small_model
-from trainables.tokenization import HFTextEncoder, collate
-from trainables.vocab import VocabTextEncoder
+from trainables.text.hf import HFTextEncoder
+from trainables.batching import collate
+from trainables.text.vocab import VocabTextEncoder
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=120,
             max_position_embeddings=64)

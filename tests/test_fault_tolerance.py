@@ -108,7 +108,7 @@ def clean_fold_history(cfg) -> list[dict]:
 
     from orchestrator.data import load_dataset
     from orchestrator.pipeline import prepare_folds
-    from orchestrator.training import fold_data
+    from orchestrator.train.folds import fold_data
     from trainables.loop import Trainer
     from trainables.models import build_model
     from trainables.ray_worker import _seed_everything
@@ -312,8 +312,8 @@ def test_resume_releases_placement_groups_of_its_dead_drivers_only(ray_session, 
     does not name that job; removed once it names it as an earlier driver of the run."""
     import ray
 
-    from orchestrator.artifacts import RunDir
-    from orchestrator.tuning import release_dead_drivers
+    from orchestrator.rundir import RunDir
+    from orchestrator.train.tune import release_dead_drivers
 
     out = subprocess.run([sys.executable, "-c", HOLDER, state_address()], capture_output=True, text=True, timeout=120,
                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})

@@ -10,7 +10,8 @@ from trainables.inference import predict_logits
 from trainables.loop import FoldData, Trainer
 from trainables.models import load_model_dir, save_model_dir
 from trainables.models.hf import HFClassifier
-from trainables.tokenization import HFTextEncoder, collate
+from trainables.text.hf import HFTextEncoder
+from trainables.batching import collate
 
 CLASSES = ["weather", "sport"]
 TEXTS = [

@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from orchestrator.artifacts import RunDir, write_json
+from orchestrator.rundir import RunDir, write_json
 from orchestrator.cli import main
-from orchestrator.compare import stage_comparison
-from orchestrator.html_report import BAR_COLOUR, CURVES, FILES_DIR, print_stage_table, stage_cells, trial_cells, write_html_report
+from orchestrator.report.compare import stage_comparison
+from orchestrator.report.html import BAR_COLOUR, CURVES, FILES_DIR, print_stage_table, stage_cells, trial_cells, write_html_report
 from orchestrator.pipeline import evaluation_split
 from trainables.export import export_model_dir
-from trainables.tokenization import load_text_encoder
+from trainables.text.encoders import load_text_encoder
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("curves_fold_0.png", "confusion_matrix.png", "per_class_f1.png")

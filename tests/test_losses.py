@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.hooks import TrainState
-from trainables.losses import RDrop, build_loss, class_weights, distill_loss, kl_divergence_sym, zlpr_loss
+from trainables.tricks.losses import RDrop, build_loss, class_weights, distill_loss, kl_divergence_sym, zlpr_loss
 
 LOGITS = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, -0.3], [-1.5, 3.0, 0.0], [0.0, 0.0, 4.0]])
 LABELS = torch.tensor([0, 2, 1, 0])

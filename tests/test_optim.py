@@ -7,7 +7,7 @@ from torch import nn
 
 from tests.test_losses import TinyClassifier
 from trainables.hooks import TrainState
-from trainables.optim import NoisyTune, build_optimizer, build_scheduler, init_weights, param_groups
+from trainables.tricks.optim import NoisyTune, build_optimizer, build_scheduler, init_weights, param_groups
 
 
 def cfg(**kw):

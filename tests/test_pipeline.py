@@ -8,9 +8,9 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.config import load_config, with_overrides
-from orchestrator.ensemble import Ensemble
+from orchestrator.evaluate.ensemble import Ensemble
 from orchestrator.pipeline import run_experiment
-from orchestrator.artifacts import RunDir
+from orchestrator.rundir import RunDir
 from tests.conftest import ROOT
 from trainables.metrics import compute_metrics, probabilities
 

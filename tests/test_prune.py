@@ -12,17 +12,19 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoTokenizer
 
-from orchestrator.artifacts import RunDir
+from orchestrator.rundir import RunDir
 from orchestrator.config import DataConfig, ExperimentConfig, ModelConfig, PruneConfig
 from orchestrator.data import Split
 from orchestrator.pipeline import save_split
-from orchestrator.prune_stage import run_prune
+from orchestrator.stages.prune import run_prune
 from trainables import prune
 from trainables.export import export_onnx, onnx_logits, onnx_session
 from trainables.inference import predict_logits
-from trainables.models import HF_CONFIG_DIR, MODEL_FILE, load_model_dir, save_model_dir
-from trainables.models.hf import HFClassifier, resolve_pretrained
-from trainables.tokenization import HFTextEncoder
+from trainables.models import HF_CONFIG_DIR, MODEL_FILE, count_parameters, load_model_dir, save_model_dir
+from trainables.models.pruned_shapes import restore_pruned_shapes
+from trainables.models.hf import HFClassifier
+from trainables.pretrained import resolve_pretrained
+from trainables.text.hf import HFTextEncoder
 
 HIDDEN, HEADS, FFN, HEAD_SIZE = 32, 4, 64, 8
 TEXTS = ["the cat sat on the mat", "a dog barked at the cat", "markets fell as shares slid",
@@ -75,14 +77,14 @@ def test_pruning_heads_equals_masking_them():
         dense = masked.encoder.encoder.layer[0].attention.output.dense
         for head in (0, 2):
             dense.weight[:, head * HEAD_SIZE : (head + 1) * HEAD_SIZE] = 0
-    before = prune.count_parameters(model)
+    before = count_parameters(model)
 
     prune.prune_heads(model.encoder, {0: [0, 2]})
 
     assert torch.allclose(logits(model, inputs), logits(masked, inputs), atol=1e-6)
     assert not torch.allclose(logits(model, inputs), logits(tiny_model(), inputs), atol=1e-4)
     # per head: query/key/value lose HEAD_SIZE rows (+ bias), the output dense HEAD_SIZE columns
-    assert before - prune.count_parameters(model) == 2 * (4 * HIDDEN * HEAD_SIZE + 3 * HEAD_SIZE)
+    assert before - count_parameters(model) == 2 * (4 * HIDDEN * HEAD_SIZE + 3 * HEAD_SIZE)
     attention = model.encoder.encoder.layer[0].attention.self
     assert (attention.num_attention_heads, attention.all_head_size, attention.query.out_features) == (2, 16, 16)
     assert model.encoder.config.pruned_layout == {"num_heads": [2, HEADS], "intermediate_sizes": [FFN, FFN]}
@@ -93,12 +95,12 @@ def test_pruning_ffn_neurons_equals_zeroing_them():
     zeroed = copy.deepcopy(model)
     with torch.no_grad():
         zeroed.encoder.encoder.layer[1].output.dense.weight[:, [0, 5, 9]] = 0
-    before = prune.count_parameters(model)
+    before = count_parameters(model)
 
     prune.prune_ffn(model.encoder, {1: [0, 5, 9]})
 
     assert torch.allclose(logits(model, inputs), logits(zeroed, inputs), atol=1e-6)
-    assert before - prune.count_parameters(model) == 3 * (2 * HIDDEN + 1)
+    assert before - count_parameters(model) == 3 * (2 * HIDDEN + 1)
     assert model.encoder.encoder.layer[1].intermediate.dense.out_features == FFN - 3
     assert model.encoder.config.pruned_layout == {"num_heads": [HEADS, HEADS], "intermediate_sizes": [FFN, FFN - 3]}
 
@@ -182,7 +184,7 @@ def test_pruned_model_dir_reloads_with_the_same_logits(mode, tokenizer, tmp_path
 
     ids = encoder.encode(TEXTS + [KEPT_ONLY])
     np.testing.assert_allclose(predict_logits(loaded, ids, encoder.pad_id), predict_logits(model, ids, encoder.pad_id), atol=1e-6)
-    assert prune.count_parameters(loaded) == prune.count_parameters(model)
+    assert count_parameters(loaded) == count_parameters(model)
 
 
 def test_restore_pruned_shapes_lets_a_pruned_state_dict_load(tokenizer, tmp_path):
@@ -191,7 +193,7 @@ def test_restore_pruned_shapes_lets_a_pruned_state_dict_load(tokenizer, tmp_path
     save(tmp_path, model, tok)
 
     rebuilt = HFClassifier.from_config(AutoConfig.from_pretrained(tmp_path / HF_CONFIG_DIR), len(CLASSES))
-    prune.restore_pruned_shapes(rebuilt)
+    restore_pruned_shapes(rebuilt)
     rebuilt.load_state_dict(torch.load(tmp_path / MODEL_FILE, weights_only=True))
 
     inputs = padded_inputs(vocab_size=len(tok))

@@ -1,4 +1,4 @@
-"""orchestrator.report and orchestrator.atomic: exact report files, terminal table, atomic writes."""
+"""orchestrator.report.test_report and orchestrator.atomic: exact report files, terminal table, atomic writes."""
 import io
 import json
 import os
@@ -9,7 +9,7 @@ from rich.console import Console
 
 from trainables import atomic
 from trainables.atomic import atomic_write_bytes, atomic_write_text
-from orchestrator.report import classification_tables, print_report, write_test_report
+from orchestrator.report.test_report import classification_tables, print_report, write_test_report
 
 REPORT_FILES = ["badcases.csv", "confusion_matrix.csv", "confusion_matrix.png", "metrics.json", "per_class.csv"]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

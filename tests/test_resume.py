@@ -15,7 +15,7 @@ from tests.conftest import ROOT
 from trainables.loop import FoldData, Trainer
 from trainables.models import build_model
 from trainables.ray_worker import TRAIN_STATE, load_train_state
-from trainables.vocab import VocabTextEncoder
+from trainables.text.vocab import VocabTextEncoder
 
 TEXTS = ["good fine great", "bad awful poor", "great good", "poor bad", "fine great good day", "awful bad day"] * 8
 LABELS = np.array([1, 0, 1, 0, 1, 0] * 8)

@@ -12,7 +12,7 @@ from orchestrator.config import ConfigError, TrainConfig, with_overrides
 from orchestrator.config import ExperimentConfig
 from tests.conftest import ROOT
 from trainables.loop import FoldData, epoch_batches, label_strata
-from trainables.tokenization import BucketBatchSampler
+from trainables.batching import BucketBatchSampler
 
 
 @pytest.fixture(scope="module")

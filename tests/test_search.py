@@ -5,7 +5,7 @@ import pytest
 from ray.tune.search import Repeater
 
 from orchestrator.config import ConfigError, load_config, with_overrides
-from orchestrator.tuning import build_scheduler, build_search, config_count, parse_distribution
+from orchestrator.train.tune import build_scheduler, build_search, config_count, parse_distribution
 from tests.conftest import ROOT
 
 SMOKE = ROOT / "experiments" / "smoke.yaml"

@@ -14,19 +14,19 @@ import pytest
 import requests
 import torch
 
-from orchestrator.artifacts import RunDir, RunDirError, write_json
+from orchestrator.rundir import RunDir, RunDirError, write_json
 from orchestrator.cli import main
-from orchestrator.client import Client, ClientError
+from orchestrator.serve.client import Client, ClientError
 from orchestrator.config import ExperimentConfig, ModelConfig, ServeConfig
-from orchestrator.ensemble import Ensemble
-from orchestrator.onnx_ensemble import OnnxEnsemble
-from orchestrator.serving import (
+from orchestrator.evaluate.ensemble import Ensemble
+from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
+from orchestrator.serve.deployment import (
     MAX_BODY_BYTES, MAX_TEXTS, RequestError, choose_backend, deploy, free_port, onnx_fold_dirs, parse_predict, shutdown,
 )
 from trainables.export import export_model_dir
 from trainables.models import save_model_dir
 from trainables.models.small import build_small_model
-from trainables.vocab import VocabTextEncoder
+from trainables.text.vocab import VocabTextEncoder
 
 TOKEN = "s3cret-token"
 CLASSES = ["animal", "place", "thing"]

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from trainables.models.small import build_small_model, load_vectors
-from trainables.tokenization import collate
-from trainables.vocab import PAD, UNK, VocabTextEncoder
+from trainables.batching import collate
+from trainables.text.vocab import PAD, UNK, VocabTextEncoder
 
 ENCODER = VocabTextEncoder([PAD, UNK] + [f"t{i}" for i in range(10)], tokens="word", max_length=16)
 

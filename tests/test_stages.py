@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from orchestrator.artifacts import RunDirError
+from orchestrator.rundir import RunDirError
 from orchestrator.config import load_config, with_overrides
 from orchestrator.pipeline import run_experiment
 from tests.conftest import ROOT

@@ -12,14 +12,16 @@ import torch
 import transformers
 
 from orchestrator.config import ConfigError, ModelConfig, TrainConfig, parse_config
-from orchestrator.ensemble import Ensemble
+from orchestrator.evaluate.ensemble import Ensemble
 from trainables.inference import predict_logits
 from trainables.loop import FoldData, Trainer
-from trainables.losses import build_loss
+from trainables.tricks.losses import build_loss
 from trainables.metrics import compute_metrics, probabilities
-from trainables.models import build_model, build_text_encoder, load_model_dir, save_model_dir
-from trainables.models.t5 import T5Classifier, T5TextEncoder
-from trainables.tokenization import collate
+from trainables.models import build_model, load_model_dir, save_model_dir
+from trainables.text.encoders import build_text_encoder
+from trainables.models.t5 import T5Classifier
+from trainables.text.t5 import T5TextEncoder
+from trainables.batching import collate
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "tweet_eval_emotion"
 CLASSES = list(json.loads((DATA / "classes_map.json").read_text()))  # anger, joy, optimism, sadness

@@ -2,11 +2,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from trainables.adversarial import AWP, FGM, PGD, FreeLB
-from trainables.averaging import WeightAveraging
-from trainables.losses import RDrop
-from trainables.optim import NoisyTune
-from trainables.tricks import build_hooks
+from trainables.tricks.adversarial import AWP, FGM, PGD, FreeLB
+from trainables.tricks.averaging import WeightAveraging
+from trainables.tricks.losses import RDrop
+from trainables.tricks.optim import NoisyTune
+from trainables.tricks.build import build_hooks
 
 
 def cfg(**kw):

@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from trainables.tokenization import ENCODER_FILE, load_text_encoder
-from trainables.vocab import PAD, UNK, VocabTextEncoder, char_tokens, word_tokens
+from trainables.text.base import ENCODER_FILE
+from trainables.text.encoders import load_text_encoder
+from trainables.text.vocab import PAD, UNK, VocabTextEncoder, char_tokens, word_tokens
 
 TEXTS = ["a b a c", "a b d", "a e", "b a"]  # counts: a=5, b=3, c=d=e=1
 

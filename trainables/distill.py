@@ -23,10 +23,10 @@ from torch import nn
 from trainables.hooks import Hook, TrainState
 from trainables.inference import predict_logits
 from trainables.loop import FoldData, Trainer, epoch_batches
-from trainables.losses import build_loss, distill_loss
+from trainables.tricks.losses import build_loss, distill_loss
 from trainables.models.hf import HFClassifier, eager_attention
-from trainables.optim import build_optimizer, build_scheduler
-from trainables.tokenization import collate
+from trainables.tricks.optim import build_optimizer, build_scheduler
+from trainables.batching import collate
 
 MIXES = ("average", "take_turns")
 

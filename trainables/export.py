@@ -24,7 +24,8 @@ from trainables.atomic import atomic_output
 from trainables.inference import predict_logits
 from trainables.metrics import predict_labels, probabilities
 from trainables.models import META_FILE, load_model_dir
-from trainables.tokenization import TextEncoder, load_text_encoder
+from trainables.text.base import TextEncoder
+from trainables.text.encoders import load_text_encoder
 
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "logits"

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables.tokenization import collate
+from trainables.batching import collate
 
 
 @torch.inference_mode()

@@ -23,11 +23,11 @@ from torch import nn
 
 from trainables.hooks import Hook, HookList, TrainState
 from trainables.inference import predict_logits
-from trainables.losses import build_loss
+from trainables.tricks.losses import build_loss
 from trainables.metrics import compute_metrics, probabilities
-from trainables.optim import build_optimizer, build_scheduler
-from trainables.tokenization import BucketBatchSampler, collate
-from trainables.tricks import build_hooks
+from trainables.tricks.optim import build_optimizer, build_scheduler
+from trainables.batching import BucketBatchSampler, collate
+from trainables.tricks.build import build_hooks
 
 
 @dataclass

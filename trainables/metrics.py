@@ -5,7 +5,7 @@ on orchestrator or ray). Labels are integer ids ``[N]`` for multiclass and multi
 for multilabel.
 
 sklearn is imported where a score is computed, not with this module: every Tune trial process
-imports it (orchestrator.training -> trainables.loop) without scoring anything, and sklearn (with
+imports it (orchestrator.train.folds -> trainables.loop) without scoring anything, and sklearn (with
 scipy.stats) is about a second of CPU there (docs/architecture.md, CV trial seconds). Training workers
 import it before their first epoch (trainables/ray_worker.py).
 """

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
-import time
 from functools import partial
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
@@ -28,107 +27,31 @@ from tokenizers.models import WordPiece
 from torch import nn
 from torch.nn import functional as F
 from transformers import AutoTokenizer
-from transformers.pytorch_utils import prune_linear_layer
 
-from trainables.inference import predict_logits
-from trainables.metrics import compute_metrics, probabilities
-from trainables.tokenization import collate
+from trainables.batching import collate
+from trainables.models.pruned_shapes import (LAYOUT_KEY, PruneError, encoder_layers, prune_attention_heads, prune_ffn_neurons,
+                                             pruned_layout)
 
-LAYOUT_KEY = "pruned_layout"
 BERT_LAYOUT = ("bert", "roberta", "xlm-roberta", "electra")  # encoder.layer[i].attention.self / .output, intermediate, output
 WORDPIECE = ("bert", "electra")  # TextPruner collects their vocabulary with its WordPiece helper
 MODES = ("vocabulary", "transformer", "pipeline")
 
 
-class PruneError(ValueError):
-    """A model, tokenizer or target that these pruners cannot handle."""
-
-
 # ---- the shim: what transformers 4's prune_heads did, plus FFN neurons ----------------------------
-
-def _kept(size: int, removed: set[int], group: int = 1) -> torch.Tensor:
-    """Indices of the rows that stay when the groups ``removed`` (``group`` rows each) go."""
-    return torch.tensor([i for i in range(size) if i // group not in removed], dtype=torch.long)
-
-
-def _check_removal(what: str, removed: set[int], size: int) -> None:
-    if not removed <= set(range(size)):
-        raise PruneError(f"{what}: {sorted(removed - set(range(size)))} out of range 0..{size - 1}")
-    if len(removed) == size:
-        raise PruneError(f"{what}: cannot remove all {size}; keep at least one")
-
-
-def _slice(layer: nn.Linear, index: torch.Tensor, dim: int = 0) -> nn.Linear:
-    # prune_linear_layer builds its new Linear in the default dtype: keep the layer's own (fp16, bf16)
-    return prune_linear_layer(layer, index, dim).to(layer.weight.dtype)
-
-
-def prune_attention_heads(attention: nn.Module, heads: Iterable[int]) -> None:
-    """Remove ``heads`` (current indices) from a BERT-style attention block in place: their rows of
-    query/key/value, their columns of ``output.dense``, and them from the head counts."""
-    heads, self_attn = set(heads), attention.self
-    if not heads:
-        return
-    _check_removal("heads", heads, self_attn.num_attention_heads)
-    index = _kept(self_attn.all_head_size, heads, self_attn.attention_head_size)
-    for name in ("query", "key", "value"):
-        setattr(self_attn, name, _slice(getattr(self_attn, name), index))
-    attention.output.dense = _slice(attention.output.dense, index, dim=1)
-    # The 5.24 forward reshapes to (-1 heads, attention_head_size) and scales by ``scaling``, both
-    # unchanged; the counts are bookkeeping that pruned_layout and TextPruner read.
-    self_attn.num_attention_heads -= len(heads)
-    self_attn.all_head_size = self_attn.num_attention_heads * self_attn.attention_head_size
-
-
-def prune_ffn_neurons(layer: nn.Module, neurons: Iterable[int]) -> None:
-    """Remove FFN ``neurons`` of a transformer layer in place: rows of ``intermediate.dense`` and
-    columns of ``output.dense``."""
-    neurons = set(neurons)
-    if not neurons:
-        return
-    _check_removal("FFN neurons", neurons, layer.intermediate.dense.out_features)
-    index = _kept(layer.intermediate.dense.out_features, neurons)
-    layer.intermediate.dense = _slice(layer.intermediate.dense, index)
-    layer.output.dense = _slice(layer.output.dense, index, dim=1)
-
-
-def _layers(encoder: nn.Module) -> nn.ModuleList:
-    return encoder.encoder.layer
-
-
-def pruned_layout(encoder: nn.Module) -> dict[str, list[int]]:
-    """Heads and FFN size of every layer, as they are now."""
-    return {"num_heads": [layer.attention.self.num_attention_heads for layer in _layers(encoder)],
-            "intermediate_sizes": [layer.intermediate.dense.out_features for layer in _layers(encoder)]}
-
 
 def prune_heads(encoder: nn.Module, heads_to_prune: Mapping[int, Iterable[int]]) -> None:
     """transformers 4's ``PreTrainedModel.prune_heads`` ({layer: heads}), as TextPruner calls it;
     records the new layout in the config."""
     for index, heads in heads_to_prune.items():
-        prune_attention_heads(_layers(encoder)[index].attention, heads)
+        prune_attention_heads(encoder_layers(encoder)[index].attention, heads)
     setattr(encoder.config, LAYOUT_KEY, pruned_layout(encoder))
 
 
 def prune_ffn(encoder: nn.Module, neurons_to_prune: Mapping[int, Iterable[int]]) -> None:
     """FFN neurons per layer ({layer: neurons}); records the new layout in the config."""
     for index, neurons in neurons_to_prune.items():
-        prune_ffn_neurons(_layers(encoder)[index], neurons)
+        prune_ffn_neurons(encoder_layers(encoder)[index], neurons)
     setattr(encoder.config, LAYOUT_KEY, pruned_layout(encoder))
-
-
-def restore_pruned_shapes(model: nn.Module) -> None:
-    """Shrink a model freshly built from a pruned config to the recorded per-layer sizes, so the
-    pruned state dict loads; no-op for unpruned configs and models without an HF encoder. Call it
-    between building the model and ``load_state_dict``."""
-    config = getattr(getattr(model, "encoder", None), "config", None)
-    layout = getattr(config, LAYOUT_KEY, None)
-    if not layout:
-        return
-    for layer, heads, ffn in zip(_layers(model.encoder), layout["num_heads"], layout["intermediate_sizes"]):
-        # Which rows go does not matter: the state dict overwrites every weight.
-        prune_attention_heads(layer.attention, range(heads, layer.attention.self.num_attention_heads))
-        prune_ffn_neurons(layer, range(ffn, layer.intermediate.dense.out_features))
 
 
 # ---- TextPruner ----------------------------------------------------------------------------------
@@ -263,21 +186,3 @@ def prune_pipeline(model: nn.Module, tokenizer, batches: Sequence[dict], texts: 
     _require(model, "pipeline", tokenizer)
     prune_transformer(model, batches, target_num_heads, target_ffn_size, iterations)
     return prune_vocabulary(model, tokenizer, texts)
-
-
-# ---- measures ------------------------------------------------------------------------------------
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def evaluate(model: nn.Module, ids: Sequence[Sequence[int]], pad_id: int, gold: np.ndarray, multilabel: bool,
-             threshold: float = 0.5, batch_size: int = 64) -> dict:
-    """Metrics (accuracy, macro/micro/weighted F1) on ``ids``, parameters, and throughput: texts/s of
-    ``predict_logits`` after one warm-up batch (tokenization not timed)."""
-    predict_logits(model, ids[:batch_size], pad_id, batch_size)
-    started = time.perf_counter()
-    logits = predict_logits(model, ids, pad_id, batch_size)
-    seconds = max(time.perf_counter() - started, 1e-9)
-    metrics = compute_metrics(gold, probabilities(logits, multilabel), multilabel, threshold)
-    return {**metrics, "parameters": count_parameters(model), "texts_per_s": len(ids) / seconds}

@@ -17,30 +17,13 @@ import torch
 from torch import nn
 
 from trainables.atomic import atomic_output, atomic_write_text
-from trainables.tokenization import HFTextEncoder, TextEncoder, load_text_encoder
+from trainables.models.pruned_shapes import restore_pruned_shapes
+from trainables.text.base import TextEncoder
+from trainables.text.encoders import load_text_encoder
 
 MODEL_FILE = "model.pt"
 META_FILE = "model.json"
 HF_CONFIG_DIR = "hf_config"
-
-
-def build_text_encoder(model_cfg: Any, train_texts: Sequence[str], stop_words: Sequence[str] = ()) -> TextEncoder:
-    """The tokenizer of a pretrained model, or a vocabulary built from the training texts."""
-    if model_cfg.kind in ("hf", "t5"):
-        from trainables.models.hf import resolve_pretrained
-
-        path = resolve_pretrained(model_cfg.name)
-        if model_cfg.kind == "t5":
-            from trainables.models.t5 import T5TextEncoder
-
-            return T5TextEncoder.from_pretrained(path, model_cfg.max_length, model_cfg.prefix)
-        return HFTextEncoder.from_pretrained(path, model_cfg.max_length)
-    from trainables.vocab import VocabTextEncoder
-
-    return VocabTextEncoder.build(
-        train_texts, tokens=model_cfg.tokens, max_length=model_cfg.max_length, vocab_size=model_cfg.vocab_size,
-        min_freq=model_cfg.min_freq, stop_words=stop_words,
-    )
 
 
 def build_model(model_cfg: Any, num_classes: int, text_encoder: TextEncoder, hf_config: Any = None,
@@ -107,11 +90,15 @@ def load_model_dir(directory: str | Path, device: Optional[str] = None) -> tuple
     if model_cfg.kind == "t5" and model.class_token_ids != meta["class_token_ids"]:
         raise ValueError(f"{directory}: its tokenizer now splits the class names differently from training")
     if hf_config is not None:
-        from trainables.prune import restore_pruned_shapes
-
         restore_pruned_shapes(model)  # a pruned encoder's layers are smaller than its config's uniform sizes
     model.load_state_dict(torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True))
     model.eval()
     if device:
         model.to(device)
     return model, text_encoder, meta
+
+
+def count_parameters(models: nn.Module | Sequence[nn.Module]) -> int:
+    """Parameters of a model, or of all models of an ensemble."""
+    models = [models] if isinstance(models, nn.Module) else models
+    return sum(p.numel() for m in models for p in m.parameters())

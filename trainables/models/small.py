@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from trainables.models.head import ClassifierHead
-from trainables.optim import init_weights
+from trainables.tricks.optim import init_weights
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

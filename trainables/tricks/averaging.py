@@ -8,7 +8,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from trainables.hooks import Hook, TrainState
-from trainables.optim import unwrap_model
+from trainables.tricks.optim import unwrap_model
 
 
 class WeightAveraging(Hook):

@@ -17,13 +17,13 @@ from typing import Optional
 
 import torch
 
-from orchestrator.artifacts import RunDir, RunDirError, write_json
+from orchestrator.rundir import RunDir, RunDirError, write_json
 from orchestrator.config import ExperimentConfig, PruneConfig
 from orchestrator.pipeline import evaluation_split, load_saved_split
-from orchestrator.training import label_array
+from orchestrator.train.folds import label_array
 from trainables import prune
 from trainables.models import META_FILE, MODEL_FILE, load_model_dir, save_model_dir
-from trainables.tokenization import HFTextEncoder
+from trainables.text.hf import HFTextEncoder
 
 # Training texts (a seeded sample) that rank heads and neurons. Every iteration re-scores them with
 # a forward + backward pass, so 4 iterations x 512 texts cost about one training epoch of 2,000 texts.

@@ -15,7 +15,7 @@ import torch
 from trainables.inference import predict_logits
 from trainables.metrics import predict_labels, probabilities
 from trainables.models import load_model_dir
-from trainables.tokenization import TextEncoder
+from trainables.text.base import TextEncoder
 
 
 @dataclass

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.artifacts import RunDir, write_json
+from orchestrator.rundir import RunDir, write_json
 from orchestrator.config import ConfigError, ExperimentConfig, TuneConfig, with_overrides
-from orchestrator.training import FoldResult, build_torch_trainer, collect_fold, load_fold_result
+from orchestrator.train.folds import FoldResult, build_torch_trainer, collect_fold, load_fold_result
 
 TRIAL_INDEX = "__trial_index__"
 TUNE_NAME = "tune"
@@ -130,7 +130,7 @@ def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> Non
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from orchestrator.training import fold_data
+    from orchestrator.train.folds import fold_data
 
     overrides = {k: v for k, v in config.items() if k != TRIAL_INDEX}
     cfg = with_overrides(ExperimentConfig.model_validate(base_cfg), overrides)

@@ -10,9 +10,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from orchestrator.ensemble import EnsembleBase
+from orchestrator.evaluate.ensemble import EnsembleBase
 from trainables.export import load_export_dir, onnx_logits
-from trainables.tokenization import TextEncoder
+from trainables.text.base import TextEncoder
 
 
 class OnnxEnsemble(EnsembleBase):

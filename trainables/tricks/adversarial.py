@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from trainables.hooks import Hook, TrainState
-from trainables.optim import unwrap_model
+from trainables.tricks.optim import unwrap_model
 
 
 def _unit(grad: torch.Tensor, size) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""A small HTTP client of the serving API (``orchestrator.serving``); used by ``predict --url``."""
+"""A small HTTP client of the serving API (``orchestrator.serve.deployment``); used by ``predict --url``."""
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from trainables.atomic import atomic_write_text
-from trainables.tokenization import ENCODER_FILE
+from trainables.text.base import ENCODER_FILE
 
 PAD, UNK = "<pad>", "<unk>"
 

@@ -1,67 +1,10 @@
-"""Text -> token ids, batching with dynamic padding, and length-bucketed batch order.
-
-Every model kind gets a ``TextEncoder``: ``encode(texts)`` returns truncated, unpadded id lists
-and ``pad_id``; ``save(dir)`` writes what ``load_text_encoder(dir)`` needs to rebuild it.
-"""
+"""Batches of token ids: dynamic padding (``collate``) and length-bucketed batch order."""
 from __future__ import annotations
 
-import json
 import random
-from pathlib import Path
-from typing import Iterator, Optional, Protocol, Sequence
+from typing import Iterator, Optional, Sequence
 
 import torch
-
-ENCODER_FILE = "text_encoder.json"
-
-
-class TextEncoder(Protocol):
-    pad_id: int
-    max_length: int
-
-    def encode(self, texts: Sequence[str]) -> list[list[int]]: ...
-
-    def save(self, directory: str | Path) -> None: ...
-
-
-class HFTextEncoder:
-    """A transformers tokenizer: ids with special tokens, truncated to max_length."""
-
-    kind = "hf"
-
-    def __init__(self, tokenizer, max_length: int):
-        self.tokenizer = tokenizer
-        self.max_length = max_length
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-
-    @classmethod
-    def from_pretrained(cls, name_or_path: str, max_length: int) -> "HFTextEncoder":
-        from transformers import AutoTokenizer
-
-        return cls(AutoTokenizer.from_pretrained(name_or_path), max_length)
-
-    def encode(self, texts: Sequence[str]) -> list[list[int]]:
-        return self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
-
-    def save(self, directory: str | Path) -> None:
-        directory = Path(directory)
-        self.tokenizer.save_pretrained(directory / "tokenizer")
-        (directory / ENCODER_FILE).write_text(json.dumps({"kind": self.kind, "max_length": self.max_length}))
-
-
-def load_text_encoder(directory: str | Path) -> TextEncoder:
-    """Rebuild the encoder that ``save`` wrote into directory."""
-    directory = Path(directory)
-    meta = json.loads((directory / ENCODER_FILE).read_text())
-    if meta["kind"] == "hf":
-        return HFTextEncoder.from_pretrained(str(directory / "tokenizer"), meta["max_length"])
-    if meta["kind"] == "t5":
-        from trainables.models.t5 import T5TextEncoder
-
-        return T5TextEncoder.load(directory)
-    from trainables.vocab import VocabTextEncoder
-
-    return VocabTextEncoder.load(directory)
 
 
 def collate(ids: Sequence[Sequence[int]], labels: Optional[torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:

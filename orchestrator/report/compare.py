@@ -14,12 +14,12 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from orchestrator.artifacts import RunDir
-from orchestrator.ensemble import Ensemble, EnsembleBase
-from orchestrator.onnx_ensemble import OnnxEnsemble
+from orchestrator.rundir import RunDir
+from orchestrator.evaluate.ensemble import Ensemble, EnsembleBase
+from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
 from orchestrator.pipeline import evaluation_split
-from orchestrator.stages import export_sources
-from orchestrator.training import label_array
+from orchestrator.stages.runner import export_sources
+from orchestrator.train.folds import label_array
 from trainables.export import INT8_FILE, ONNX_FILE
 from trainables.metrics import compute_metrics
 from trainables.models import MODEL_FILE

@@ -29,19 +29,20 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from orchestrator.artifacts import RunDir, write_json
+from orchestrator.rundir import RunDir, write_json
 from orchestrator.config import ConfigError, ExperimentConfig, with_overrides
 from orchestrator.data import Dataset, load_stop_words
-from orchestrator.ensemble import Ensemble
+from orchestrator.evaluate.ensemble import Ensemble
 from orchestrator.pipeline import evaluation_split, fold_plan, load_saved_split
-from orchestrator.training import (build_torch_trainer, collect_fold, fold_data, label_array, model_meta, use_gpu,
+from orchestrator.train.folds import (build_torch_trainer, collect_fold, fold_data, label_array, model_meta, use_gpu,
                                    write_epoch_logs)
 from trainables.atomic import atomic_write_bytes
 from trainables.distill import TeacherDistillation, count_parameters, self_distill, size_on_disk_mb, timed_logits
 from trainables.loop import FoldData
 from trainables.metrics import compute_metrics
-from trainables.models import build_text_encoder, load_model_dir, save_model_dir
-from trainables.tokenization import TextEncoder
+from trainables.text.encoders import build_text_encoder
+from trainables.models import load_model_dir, save_model_dir
+from trainables.text.base import TextEncoder
 
 DISTILL_DIR = "distill"
 RAY_NAME = "distill"  # the student's Ray Train run under run/ray/

@@ -1,11 +1,11 @@
 """The hooks a ``TrainConfig`` turns on, in the order the loop should call them."""
 from __future__ import annotations
 
-from trainables.adversarial import AWP, FGM, PGD, FreeLB
-from trainables.averaging import WeightAveraging
+from trainables.tricks.adversarial import AWP, FGM, PGD, FreeLB
+from trainables.tricks.averaging import WeightAveraging
 from trainables.hooks import Hook, HookList
-from trainables.losses import RDrop
-from trainables.optim import NoisyTune
+from trainables.tricks.losses import RDrop
+from trainables.tricks.optim import NoisyTune
 
 
 def _adversarial(train_cfg) -> Hook:

@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.artifacts import RunDir
-from orchestrator.compare import COLUMNS, stage_comparison
+from orchestrator.rundir import RunDir
+from orchestrator.report.compare import COLUMNS, stage_comparison
 from trainables.atomic import atomic_write_bytes, atomic_write_text
 
 REPORT_FILE = "report.html"

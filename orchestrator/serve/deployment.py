@@ -20,10 +20,10 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException
 
-from orchestrator.artifacts import RunDir, RunDirError, package_versions
-from orchestrator.client import Client, ClientError
+from orchestrator.rundir import RunDir, RunDirError, package_versions
+from orchestrator.serve.client import Client, ClientError
 from orchestrator.config import ServeConfig
-from orchestrator.ensemble import Ensemble, EnsembleBase
+from orchestrator.evaluate.ensemble import Ensemble, EnsembleBase
 from trainables.export import ONNX_FILE
 from trainables.models import META_FILE
 
@@ -54,7 +54,7 @@ def choose_backend(run: RunDir, onnx: bool = False) -> str:
 def load_ensemble(run: RunDir, backend: str, threads: int = REPLICA_CPUS) -> EnsembleBase:
     """The fold ensemble the service runs: torch on CPU, or ONNX Runtime with ``threads`` per session."""
     if backend == "onnx":
-        from orchestrator.onnx_ensemble import OnnxEnsemble
+        from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
 
         return OnnxEnsemble(onnx_fold_dirs(run), threads=threads)
     return Ensemble(run.fold_model_dirs(), device="cpu")

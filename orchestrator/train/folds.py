@@ -17,12 +17,12 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from orchestrator.artifacts import RunDir, write_json
+from orchestrator.rundir import RunDir, write_json
 from trainables.atomic import atomic_write_text
 from orchestrator.config import ExperimentConfig
 from orchestrator.data import Dataset, label_matrix
 from trainables.loop import FoldData
-from trainables.tokenization import TextEncoder
+from trainables.text.base import TextEncoder
 
 
 @dataclass

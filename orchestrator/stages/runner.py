@@ -13,17 +13,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from orchestrator.artifacts import RunDir
+from orchestrator.rundir import RunDir
 from orchestrator.config import ExperimentConfig, config_hash
 
 def _distill(cfg: ExperimentConfig, run: RunDir, upstream: Optional[dict]) -> dict:
-    from orchestrator.distill_stage import run_distill
+    from orchestrator.stages.distill import run_distill
 
     return run_distill(cfg, run)
 
 
 def _prune(cfg: ExperimentConfig, run: RunDir, upstream: Optional[dict]) -> dict:
-    from orchestrator.prune_stage import run_prune
+    from orchestrator.stages.prune import run_prune
 
     student = run.root / "distill" / "model"
     hf_student = cfg.distill.enabled and json.loads((student / "model.json").read_text())["model"]["kind"] == "hf"
@@ -47,7 +47,7 @@ EXPORT_THREADS = 1  # ONNX Runtime threads of the export task = the CPUs it rese
 def _export(cfg: ExperimentConfig, run: RunDir, upstream: Optional[dict]) -> dict:
     from orchestrator.pipeline import evaluation_split
     from trainables.export import export_model_dir
-    from trainables.tokenization import load_text_encoder
+    from trainables.text.encoders import load_text_encoder
 
     split = evaluation_split(run)
     results = {}
