@@ -1,9 +1,10 @@
-"""Shared benchmark plumbing: machine description and the JSON result file."""
+"""Shared benchmark (and test) plumbing: machine description, the JSON result file, a free port."""
 from __future__ import annotations
 
 import json
 import os
 import platform
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -28,3 +29,10 @@ def write_result(name: str, result: dict[str, Any], out: str | None = None) -> P
     path.write_text(json.dumps(payload, indent=2) + "\n")
     print(json.dumps(payload, indent=2))
     return path
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now (another process may still take it before it is used)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]

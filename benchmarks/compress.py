@@ -46,7 +46,7 @@ import torch
 from benchmarks.common import ROOT, write_result
 from benchmarks.roofline import encoder_flops, gemm_gflops
 from orchestrator.rundir import RunDir
-from orchestrator.report.compare import best_rates, cycled, evaluation_data, score
+from orchestrator.evaluate.measure import best_rates, cycled, evaluation_data, score
 from orchestrator.config import ExperimentConfig, load_config, with_overrides
 from orchestrator.evaluate.ensemble import Ensemble, EnsembleBase
 from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
@@ -174,7 +174,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     parser.add_argument("--out", help="result file (default benchmarks/results/compress.json)")
     args = parser.parse_args(argv)
 
-    from orchestrator.pipeline import init_ray
+    from orchestrator.train.cluster import init_ray
 
     run = RunDir.open(args.run)
     if not run.model_dir(args.fold).is_dir():

@@ -73,7 +73,7 @@ def main() -> None:
     from orchestrator.rundir import RunDir
     from orchestrator.config import load_config, with_overrides
     from orchestrator.data import load_dataset
-    from orchestrator.pipeline import prepare_folds
+    from orchestrator.train.folds import prepare_folds
     from orchestrator.train.tune import tune_folds
 
     runs_dir = tempfile.mkdtemp(prefix="cv_overhead-")

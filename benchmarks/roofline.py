@@ -25,7 +25,7 @@ def gemm_gflops(threads: int = 1, shape: Sequence[int] = SHAPE, repeat: int = 20
     import torch
     from onnx import TensorProto, helper, numpy_helper
 
-    from orchestrator.report.compare import best_rates
+    from orchestrator.evaluate.measure import best_rates
 
     m, k, n = shape
     rng = np.random.default_rng(0)

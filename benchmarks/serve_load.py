@@ -20,11 +20,11 @@ from typing import Optional
 
 import numpy as np
 
-from benchmarks.common import write_result
+from benchmarks.common import free_port, write_result
 from orchestrator.rundir import RunDir
 from orchestrator.serve.client import Client, ClientError
 from orchestrator.config import ServeConfig
-from orchestrator.serve.deployment import REPLICA_CPUS, choose_backend, deploy, free_port, load_ensemble, shutdown
+from orchestrator.serve.deployment import REPLICA_CPUS, choose_backend, deploy, load_ensemble, shutdown
 
 
 def load_texts(run: RunDir, path: Optional[str]) -> list[str]:
@@ -100,7 +100,7 @@ def main() -> None:
     flat = [t for r in requests for t in r]
     baseline, offline_labels = offline_texts_per_s(run, backend, flat, args.max_batch_size)
 
-    from orchestrator.pipeline import init_ray
+    from orchestrator.train.cluster import init_ray
 
     init_ray(args.address)
     cfg = ServeConfig(port=free_port(), max_batch_size=args.max_batch_size, token="bench")

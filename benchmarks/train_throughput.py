@@ -24,8 +24,9 @@ import torch
 from benchmarks.common import ROOT, write_result
 from orchestrator.config import ExperimentConfig, load_config
 from orchestrator.data import load_dataset
-from orchestrator.pipeline import fold_plan
-from orchestrator.train.folds import fold_data, label_array
+from orchestrator.data import fold_plan
+from orchestrator.train.folds import fold_data
+from orchestrator.data import label_array
 from trainables.loop import Trainer, epoch_batches
 from trainables.models import build_model
 from trainables.text.encoders import build_text_encoder

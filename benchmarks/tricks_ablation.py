@@ -16,7 +16,7 @@ import torch
 from benchmarks.common import ROOT, write_result
 from orchestrator.config import load_config, with_overrides
 from orchestrator.data import load_dataset
-from orchestrator.pipeline import prepare_folds
+from orchestrator.train.folds import prepare_folds
 from orchestrator.train.folds import fold_data
 from trainables.loop import Trainer
 from trainables.models import build_model

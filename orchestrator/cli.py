@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 from rich.console import Console
-from rich.table import Table
 
 from orchestrator.rundir import RunDir, RunDirError
 from orchestrator.serve.client import ClientError
@@ -77,45 +76,17 @@ def _overrides(pairs: Sequence[str]) -> dict:
 
 def cmd_run(args) -> int:
     from orchestrator.pipeline import run_experiment
+    from orchestrator.report.terminal import print_summary
 
     cfg = load_config(args.config, _overrides(args.set))
-    summary = run_experiment(cfg, resume=args.resume, overwrite=args.overwrite, address=args.address, log=console.print,
-                             resume_from=args.resume_from)
-    print_summary(summary)
-    write_report(summary.run)
-    if cfg.serve.enabled:
-        serve_until_interrupted(summary.run, cfg.serve, onnx=False)
+    run_experiment(cfg, resume=args.resume, overwrite=args.overwrite, address=args.address, log=console.print,
+                   resume_from=args.resume_from, on_done=lambda summary: print_summary(summary, console))
     return 0
-
-
-def print_summary(summary) -> None:
-    """One screen: folds, the trials table (when searching), OOF and test metrics, where artifacts are."""
-    folds = Table(title="folds of the chosen config", show_lines=False)
-    for col in ("fold", "best epoch", "val macro-F1", "val accuracy", "train time (s)"):
-        folds.add_column(col, justify="right")
-    for r in summary.folds:
-        folds.add_row(str(r.fold), str(r.best["epoch"]), f"{r.best['val_macro_f1']:.4f}", f"{r.best['val_accuracy']:.4f}", f"{r.train_time_s:.0f}")
-    console.print(folds)
-    if len(summary.trials) > 1:
-        from orchestrator.report.html import trial_cells
-
-        trials = Table(title="trials (configs ranked by cross-fold mean)")
-        for col in ("config", "fold scores", "mean ± std", "time (s)"):
-            trials.add_column(col)
-        for t in summary.trials[:10]:
-            trials.add_row(*trial_cells(t))
-        console.print(trials)
-    if summary.oof_metrics:
-        console.print(f"out-of-fold: macro-F1 {summary.oof_metrics['macro_f1']:.4f}  accuracy {summary.oof_metrics['accuracy']:.4f}")
-    m = summary.test_metrics
-    if m:
-        console.print(f"test: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  micro-F1 {m['micro_f1']:.4f}  weighted-F1 {m['weighted_f1']:.4f}")
-    console.print(f"artifacts: {summary.run.root}/ (manifest.json, folds/*/model, test/ report with badcases.csv)")
 
 
 def cmd_test(args) -> int:
     from orchestrator.evaluate.ensemble import Ensemble
-    from orchestrator.pipeline import evaluate_split, evaluation_split
+    from orchestrator.evaluate.evaluation import evaluate_split
     from orchestrator.report.test_report import print_report
 
     run = RunDir.open(args.run)
@@ -125,7 +96,7 @@ def cmd_test(args) -> int:
 
         split = read_labelled_file(run.config().data, args.file, ensemble.classes)
     else:
-        split = evaluation_split(run)
+        split = run.evaluation_split()
     out = Path(args.out) if args.out else run.test_dir
     metrics = evaluate_split(run, ensemble, split, ensemble.classes, ensemble.multilabel, out_dir=out)
     print_report(metrics, metrics["per_class"], console=console)
@@ -185,49 +156,26 @@ def _predict_lines(ensemble, texts: list[str], top: int) -> list[dict]:
 
 def cmd_serve(args) -> int:
     from orchestrator.config import with_overrides
-    from orchestrator.pipeline import init_ray
+    from orchestrator.serve.deployment import serve_until_interrupted
+    from orchestrator.train.cluster import init_ray
 
     run = RunDir.open(args.run)
     flags = {f"serve.{k}": getattr(args, k) for k in ("host", "port", "token", "replicas") if getattr(args, k) is not None}
     cfg = with_overrides(run.config(), flags).serve  # validated like the YAML (port range, replicas >= 1)
     init_ray()
-    serve_until_interrupted(run, cfg, onnx=args.onnx)
+    serve_until_interrupted(run, cfg, onnx=args.onnx, log=console.print)
     return 0
 
 
-def serve_until_interrupted(run: RunDir, serve_cfg, onnx: bool) -> None:
-    """Deploy the run on Ray Serve and block until Ctrl-C or SIGTERM, then shut Serve down."""
-    import signal
-    import time
-
-    from orchestrator.serve.deployment import deploy, shutdown
-
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a process manager's stop shuts Serve down too
-    try:
-        url = deploy(run.root, serve_cfg, onnx=onnx)
-        console.print(f"serving {run.root} at {url}: POST /predict, GET /info, GET /healthz (Ctrl-C to stop)")
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        console.print("stopping")
-    finally:
-        shutdown()
-
-
-def write_report(run: RunDir) -> Path:
-    """Score and time every model of the run (stage comparison table), then write run/report.html."""
+def cmd_report(args) -> int:
     from orchestrator.report.compare import stage_comparison
-    from orchestrator.report.html import print_stage_table, write_html_report
+    from orchestrator.report.html import write_html_report
+    from orchestrator.report.terminal import print_stage_table
 
+    run = RunDir.open(args.run)
     rows = stage_comparison(run, log=console.print)
     print_stage_table(rows, console)
-    path = write_html_report(run, rows)
-    console.print(f"report: {path}")
-    return path
-
-
-def cmd_report(args) -> int:
-    write_report(RunDir.open(args.run))
+    console.print(f"report: {write_html_report(run, rows)}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Training data: readers, label encoding, stratified splits, K-fold and text cleanup.
+"""Training data: readers, label encoding, stratified splits, the fold plan (K-fold) and text cleanup.
 
 Every file is read through pyarrow (csv, tsv, jsonl, parquet; a JSON list through the json module).
 Bad input raises DataError with one line naming the file and the place in it, all 1-based:
@@ -363,6 +363,20 @@ def label_matrix(labels: Sequence, num_classes: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- splits
+
+def label_array(labels: Sequence, num_classes: int, multilabel: bool) -> np.ndarray:
+    """Class ids [N] (multiclass) or multi-hot float rows [N, C] (multilabel)."""
+    return label_matrix(labels, num_classes) if multilabel else np.asarray(labels, dtype=np.int64)
+
+
+def fold_plan(dataset: Dataset, folds: int, seed: int) -> tuple[Split, list[tuple[np.ndarray, np.ndarray]]]:
+    """(pool, [(train_idx, val_idx)]): folds=1 is the given train/val; K>1 is stratified K-fold over train+val."""
+    pool = Split(dataset.train.texts + dataset.val.texts, dataset.train.labels + dataset.val.labels)
+    n_train = len(dataset.train.texts)
+    if folds == 1:
+        return pool, [(np.arange(n_train), np.arange(n_train, len(pool.texts)))]
+    return pool, kfold_splits(pool.labels, folds, seed, dataset.multilabel)
+
 
 def _split_train(train: Split, files: dict[str, Split], cfg: DataConfig, seed: int, classes: list[str],
                  source: str) -> tuple[Split, Split, Optional[Split]]:

@@ -1,10 +1,14 @@
-"""The run directory: layout, manifest.json (config + hash, versions, stage status, metrics).
+"""The run directory: every path of its layout (README, "Run directory"), manifest.json (config +
+hash, versions, stage status, metrics) and the saved data splits.
 
-Everything ``test``, ``predict`` and ``serve`` need lives inside it; nothing outside it.
+Everything ``test``, ``predict`` and ``serve`` need lives inside it; nothing outside it. No other
+module joins a path to a run's root: they ask ``RunDir``.
 """
 from __future__ import annotations
 
+import functools
 import json
+import os
 import platform
 import shutil
 import time
@@ -13,10 +17,14 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
-from trainables.atomic import atomic_write_text
 from orchestrator.config import ExperimentConfig
+from orchestrator.data import Split
+from trainables.atomic import atomic_write_text
 
 MANIFEST = "manifest.json"
+SPLITS = ("train", "val", "test")
+REPORT_FILES = "report_files"  # report.html's plots, referenced by relative path
+STAGE_DIRS = ("distill", "prune", "export")  # each post-training stage writes only its own folder
 PACKAGES = ("torch", "transformers", "ray", "onnxruntime", "scikit-learn", "pyarrow", "pydantic", "textbrewer", "textpruner")
 
 
@@ -51,9 +59,23 @@ class RunDir:
 
     @property
     def ray_storage(self) -> Path:
+        """Ray Tune's experiment and every TorchTrainer's checkpoints (absolute: Ray wants it so)."""
         return (self.root / "ray").resolve()
 
+    def ray_run(self, name: str) -> Path:
+        """A Ray Train or Tune run stored under ``ray_storage`` as ``name``."""
+        return self.ray_storage / name
+
+    @property
+    def trials_json(self) -> Path:
+        return self.root / "trials.json"
+
+    def trial_dir(self, trial_id: str) -> Path:
+        """A Tune trial's fold: its best model (``model/``), history.json, metrics.csv, tensorboard/."""
+        return self.root / "trials" / trial_id
+
     def fold_dir(self, fold: int) -> Path:
+        """Fold ``fold`` of the chosen config: a link to the trial folder that trained it."""
         return self.root / "folds" / str(fold)
 
     def model_dir(self, fold: int) -> Path:
@@ -66,6 +88,87 @@ class RunDir:
     @property
     def test_dir(self) -> Path:
         return self.root / "test"
+
+    @property
+    def oof_logits(self) -> Path:
+        return self.root / "oof_logits.npy"
+
+    @property
+    def oof_metrics(self) -> Path:
+        return self.root / "oof_metrics.json"
+
+    @property
+    def thresholds_json(self) -> Path:
+        return self.root / "thresholds.json"
+
+    def model_sources(self) -> dict[str, Path]:
+        """Every model directory of the run by name (fold_<k>, student, pruned: the last two only
+        while their stage is on, since a stage switched off leaves its old model behind)."""
+        cfg = self.config()
+        sources = {f"fold_{d.parent.name}": d for d in self.fold_model_dirs()}
+        for name, stage, on in (("student", "distill", cfg.distill.enabled), ("pruned", "prune", cfg.prune.mode != "none")):
+            if on and (self.stage_model_dir(stage) / "model.json").is_file():
+                sources[name] = self.stage_model_dir(stage)
+        return sources
+
+    def stage_dir(self, stage: str) -> Path:
+        """distill/, prune/ or export/: all a post-training stage writes."""
+        if stage not in STAGE_DIRS:
+            raise ValueError(f"no stage folder {stage!r}; expected one of {STAGE_DIRS}")
+        return self.root / stage
+
+    def stage_model_dir(self, stage: str) -> Path:
+        """The model a stage produced (distill/model, prune/model)."""
+        return self.stage_dir(stage) / "model"
+
+    def export_dir(self, name: str) -> Path:
+        """export/<name>/: the ONNX export of model ``name`` (fold_<k>, student, pruned)."""
+        return self.stage_dir("export") / name
+
+    @property
+    def measurements_dir(self) -> Path:
+        """One file per measured model (orchestrator/evaluate/measure.py)."""
+        return self.root / "measurements"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def report_files(self) -> Path:
+        return self.root / REPORT_FILES
+
+    # ---- data splits ----
+    def split_path(self, name: str) -> Path:
+        if name not in SPLITS:
+            raise ValueError(f"no split {name!r}; expected one of {SPLITS}")
+        return self.root / "data" / f"{name}.jsonl"
+
+    def has_split(self, name: str) -> bool:
+        return self.split_path(name).is_file()
+
+    def save_split(self, name: str, split: Split, classes: list[str], multilabel: bool) -> None:
+        """A split as JSONL of {text, label(s) by name}: test/predict read it without the source files."""
+        def names(label):
+            return [classes[i] for i in label] if multilabel else classes[label]
+        lines = (json.dumps({"text": t, "label": names(l)}, ensure_ascii=False) for t, l in zip(split.texts, split.labels))
+        path = self.split_path(name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, "\n".join(lines) + "\n")
+
+    def load_split(self, name: str) -> Split:
+        data = self.stage("data")
+        return _read_split(str(self.split_path(name).resolve()), _stamp(self.split_path(name)),
+                           tuple(data["classes"]), data["multilabel"])
+
+    @property
+    def evaluation_split_name(self) -> str:
+        """The run's honest evaluation split: test, else val (single-model runs)."""
+        return "test" if self.has_split("test") else "val"
+
+    def evaluation_split(self) -> Split:
+        """``load_split(evaluation_split_name)``, read once per process (and again only if the file changes)."""
+        return self.load_split(self.evaluation_split_name)
 
     # ---- lifecycle ----
     @classmethod
@@ -123,3 +226,17 @@ class RunDir:
 
     def stage(self, name: str) -> dict:
         return self.manifest().get("stages", {}).get(name, {})
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_mtime_ns, stat.st_size
+
+
+@functools.lru_cache(maxsize=8)
+def _read_split(path: str, stamp: tuple[int, int], classes: tuple[str, ...], multilabel: bool) -> Split:
+    """A saved split (cached on its path and file stamp: every reader in a process shares one copy)."""
+    index = {c: i for i, c in enumerate(classes)}
+    rows = [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    labels = [sorted(index[n] for n in r["label"]) if multilabel else index[r["label"]] for r in rows]
+    return Split([r["text"] for r in rows], labels)

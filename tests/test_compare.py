@@ -3,19 +3,19 @@ share: timed passes taken in turns, cycled samples, scores of torch and ONNX Run
 from __future__ import annotations
 
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from orchestrator.report.compare import best_rates, cycled, score
+from orchestrator.evaluate.measure import best_rates, cycled, score
 from orchestrator.evaluate.ensemble import Ensemble
 from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
 from trainables.export import export_model_dir
 from trainables.models import save_model_dir
 from trainables.models.small import build_small_model
 from trainables.text.vocab import VocabTextEncoder
+from trainables.config import ModelConfig
 
 TEXTS = ["the cat sat on the mat", "a dog", "cats and dogs and more cats on a mat", "mat", "the the the dog sat",
          "on a cat", "dogs sat", "a mat for the dog"]
@@ -50,7 +50,7 @@ def test_torch_and_onnx_models_score_alike_and_are_timed_together(tmp_path):
     torch and ONNX fp32 models the same metrics, ``best_rates`` times all three on equal terms."""
     torch.manual_seed(0)
     vocab = VocabTextEncoder.build(TEXTS, tokens="word", max_length=16, vocab_size=100)
-    cfg = SimpleNamespace(kind="small", arch="textcnn", tokens="word", max_length=16, vocab_size=100, min_freq=1,
+    cfg = ModelConfig(kind="small", arch="textcnn", tokens="word", max_length=16, vocab_size=100, min_freq=1,
                           embedding_dim=8, hidden_size=8, num_layers=1, num_filters=4, kernel_sizes=[2, 3],
                           rnn_type="lstm", bidirectional=True, num_heads=2, pretrained_vectors=None, dropout=0.1,
                           multi_sample_dropout=1, init="default")

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from orchestrator.rundir import RunDir
-from orchestrator.config import ConfigError, TrainConfig, load_config, with_overrides
+from orchestrator.config import ConfigError, ModelConfig, TrainConfig, load_config, with_overrides
 from orchestrator.stages.distill import run_distill
 from tests.conftest import ROOT
 from trainables.distill import (TeacherDistillation, TeacherTargets, average_teachers, shallower_copy, self_distill,
@@ -94,7 +94,7 @@ def test_textcnn_student_fits_a_fixed_teacher_through_the_trainer():
     teacher = torch.from_numpy(np.eye(C, dtype=np.float32)[classes] * 4.0)[None]  # confident: the marker's class
     wrong = (classes + 1) % C  # hard labels that disagree with the teacher everywhere: alpha=1 ignores them
     data = FoldData(ids[:200], wrong[:200], ids[200:], classes[200:], pad_id=0, num_classes=C)
-    model_cfg = SimpleNamespace(arch="textcnn", embedding_dim=16, num_filters=16, kernel_sizes=[1, 2], dropout=0.0,
+    model_cfg = ModelConfig(kind="small", arch="textcnn", embedding_dim=16, num_filters=16, kernel_sizes=[1, 2], dropout=0.0,
                                 multi_sample_dropout=1, init="default", pretrained_vectors=None)
     torch.manual_seed(0)
     model = build_small_model(model_cfg, C, SimpleNamespace(itos=[str(i) for i in range(30)], pad_id=0, max_length=16))
@@ -216,7 +216,6 @@ def bert_run(tmp_path):
     from transformers import BertTokenizerFast
 
     from orchestrator.data import load_dataset
-    from orchestrator.pipeline import save_split
     from trainables.models import save_model_dir
     from trainables.text.hf import HFTextEncoder
 
@@ -230,7 +229,7 @@ def bert_run(tmp_path):
     run = RunDir.create(cfg)
     run.update("data", "done", classes=dataset.classes, multilabel=False)
     for name in ("train", "val", "test"):
-        save_split(run.root / "data" / f"{name}.jsonl", getattr(dataset, name), dataset.classes, False)
+        run.save_split(name, getattr(dataset, name), dataset.classes, False)
     chars = sorted({c for t in dataset.train.texts for c in t})
     (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars]) + "\n", encoding="utf-8")
     encoder = HFTextEncoder(BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")), max_length=32)

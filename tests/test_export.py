@@ -1,7 +1,6 @@
 import json
 import random
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from trainables.models.small import build_small_model
 from trainables.text.hf import HFTextEncoder
 from trainables.batching import collate
 from trainables.text.vocab import VocabTextEncoder
+from trainables.config import ModelConfig
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=120,
             max_position_embeddings=64)
@@ -59,7 +59,7 @@ def small_config(**overrides):
         embedding_dim=8, hidden_size=8, num_layers=1, num_filters=4, kernel_sizes=[2, 3], rnn_type="lstm",
         bidirectional=True, num_heads=2, pretrained_vectors=None, dropout=0.1, multi_sample_dropout=1, init="default",
     )
-    return SimpleNamespace(**{**options, **overrides})
+    return ModelConfig(**{**options, **overrides})
 
 
 def build(name, seed=0):
@@ -197,7 +197,7 @@ def test_export_model_dir_hf_multilabel(tmp_path):
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + sorted({w for t in TEXTS for w in t.split()})
     (tmp_path / "vocab.txt").write_text("\n".join(words) + "\n")
     encoder = HFTextEncoder(transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")), max_length=12)
-    cfg = SimpleNamespace(kind="hf", name="tiny-bert", max_length=12, dropout=0.1, multi_sample_dropout=1,
+    cfg = ModelConfig(kind="hf", name="tiny-bert", max_length=12, dropout=0.1, multi_sample_dropout=1,
                           pooling="cls")
     meta = {"classes": ["x", "y"], "multilabel": True, "threshold": 0.5}
     config = transformers.BertConfig(**{**TINY, "vocab_size": len(words)})

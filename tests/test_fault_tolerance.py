@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Optional
 
 import pytest
@@ -107,7 +106,7 @@ def clean_fold_history(cfg) -> list[dict]:
     import torch
 
     from orchestrator.data import load_dataset
-    from orchestrator.pipeline import prepare_folds
+    from orchestrator.train.folds import prepare_folds
     from orchestrator.train.folds import fold_data
     from trainables.loop import Trainer
     from trainables.models import build_model
@@ -119,8 +118,8 @@ def clean_fold_history(cfg) -> list[dict]:
                      len(dataset.classes), dataset.multilabel)
     torch.set_num_threads(1)
     _seed_everything(cfg.seed)
-    model = build_model(SimpleNamespace(**cfg.model.model_dump(mode="json")), data.num_classes, shared["encoder"])
-    return Trainer(model, data, SimpleNamespace(**cfg.train.model_dump(mode="json")), seed=cfg.seed).fit().history
+    model = build_model(cfg.model, data.num_classes, shared["encoder"])
+    return Trainer(model, data, cfg.train, seed=cfg.seed).fit().history
 
 
 class WorkerKiller(threading.Thread):
@@ -313,7 +312,7 @@ def test_resume_releases_placement_groups_of_its_dead_drivers_only(ray_session, 
     import ray
 
     from orchestrator.rundir import RunDir
-    from orchestrator.train.tune import release_dead_drivers
+    from orchestrator.train.cluster import release_dead_drivers
 
     out = subprocess.run([sys.executable, "-c", HOLDER, state_address()], capture_output=True, text=True, timeout=120,
                          env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})

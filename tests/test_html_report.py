@@ -15,15 +15,15 @@ from rich.console import Console
 from orchestrator.rundir import RunDir, write_json
 from orchestrator.cli import main
 from orchestrator.report.compare import stage_comparison
-from orchestrator.report.html import BAR_COLOUR, CURVES, FILES_DIR, print_stage_table, stage_cells, trial_cells, write_html_report
-from orchestrator.pipeline import evaluation_split
+from orchestrator.rundir import REPORT_FILES as FILES_DIR
+from orchestrator.report.html import BAR_COLOUR, CURVES, stage_cells, trial_cells, write_html_report
+from orchestrator.report.terminal import print_stage_table
 from trainables.export import export_model_dir
 from trainables.text.encoders import load_text_encoder
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PLOTS = ("curves_fold_0.png", "confusion_matrix.png", "per_class_f1.png")
 CHROMIUM = Path("/usr/bin/chromium")
-SAMPLE = 64  # throughput sample: the test checks the plumbing, not the figure
 
 
 def copy_run(smoke_run, target: Path) -> RunDir:
@@ -39,13 +39,13 @@ def report(smoke_run, tmp_path_factory):
     run = copy_run(smoke_run, tmp_path_factory.mktemp("report") / "smoke")
     fold = run.model_dir(0)
     parity = export_model_dir(fold, run.root / "export" / "fold_0",
-                              load_text_encoder(fold).encode(evaluation_split(run).texts), int8=True)
+                              load_text_encoder(fold).encode(run.evaluation_split().texts), int8=True)
     assert parity["ok"] and parity["same_predictions"]
     shutil.copytree(fold, run.root / "distill" / "model")
     manifest = run.manifest()
     manifest["config"]["distill"]["enabled"] = True  # as if the distill stage had run
     write_json(run.manifest_path, manifest)
-    rows = stage_comparison(run, sample_texts=SAMPLE)
+    rows = stage_comparison(run)
     path = write_html_report(run, rows)
     assert path == run.root / "report.html"
     return run, rows, path.read_text(encoding="utf-8")

@@ -1,5 +1,4 @@
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -8,6 +7,7 @@ from torch import nn
 
 from trainables.hooks import TrainState
 from trainables.tricks.losses import RDrop, build_loss, class_weights, distill_loss, kl_divergence_sym, zlpr_loss
+from trainables.config import TrainConfig
 
 LOGITS = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, -0.3], [-1.5, 3.0, 0.0], [0.0, 0.0, 4.0]])
 LABELS = torch.tensor([0, 2, 1, 0])
@@ -44,7 +44,7 @@ def make_batch(batch: int = 4, length: int = 5, vocab: int = 20, classes: int = 
 
 def cfg(**kw):
     base = dict(loss="ce", focal_gamma=2.0, poly_epsilon=1.0, class_weights="none", label_smoothing=0.0)
-    return SimpleNamespace(**{**base, **kw})
+    return TrainConfig(**{**base, **kw})
 
 
 def log_pt(logits=LOGITS, labels=LABELS):

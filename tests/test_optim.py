@@ -1,5 +1,4 @@
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -8,11 +7,12 @@ from torch import nn
 from tests.test_losses import TinyClassifier
 from trainables.hooks import TrainState
 from trainables.tricks.optim import NoisyTune, build_optimizer, build_scheduler, init_weights, param_groups
+from trainables.config import TrainConfig
 
 
 def cfg(**kw):
     base = dict(optimizer="adamw", lr=1e-3, head_lr=None, weight_decay=0.01, schedule="linear", warmup_ratio=0.1)
-    return SimpleNamespace(**{**base, **kw})
+    return TrainConfig(**{**base, **kw})
 
 
 def group_of(optimizer, param):

@@ -15,7 +15,6 @@ from transformers import AutoConfig, AutoTokenizer
 from orchestrator.rundir import RunDir
 from orchestrator.config import DataConfig, ExperimentConfig, ModelConfig, PruneConfig
 from orchestrator.data import Split
-from orchestrator.pipeline import save_split
 from orchestrator.stages.prune import run_prune
 from trainables import prune
 from trainables.export import export_onnx, onnx_logits, onnx_session
@@ -218,7 +217,7 @@ def make_run(tmp_path, tokenizer, mode: str, **prune_options) -> tuple[Experimen
     run = RunDir.create(cfg)
     run.update("data", "done", classes=CLASSES, multilabel=False)
     for name, texts in (("train", TEXTS * 4), ("val", TEXTS), ("test", TEXTS[::-1])):
-        save_split(run.root / "data" / f"{name}.jsonl", Split(texts, [i % 3 for i in range(len(texts))]), CLASSES, False)
+        run.save_split(name, Split(texts, [i % 3 for i in range(len(texts))]), CLASSES, False)
     save(run.model_dir(0), tiny_model(), tokenizer)
     return cfg, run
 

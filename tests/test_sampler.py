@@ -3,7 +3,6 @@ even where length predicts the label (data/example1: rows under ~16 characters a
 from __future__ import annotations
 
 import csv
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -99,7 +98,7 @@ def test_label_strata_multilabel_takes_the_rarest_label():
     labels = np.array([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 0, 1], [0, 1, 0]])
     data = FoldData(train_ids=[[1]] * 5, train_labels=labels, val_ids=[], val_labels=labels[:0], pad_id=0, num_classes=3, multilabel=True)
     assert label_strata(data) == [1, 0, -1, 2, 1]
-    cfg = SimpleNamespace(sampler="bucket", batch_size=2, bucket_pool=50, bucket_noise=0.0, bucket_stratify=True)
+    cfg = TrainConfig(sampler="bucket", batch_size=2, bucket_pool=50, bucket_noise=0.0, bucket_stratify=True)
     assert sorted(r for b in epoch_batches(data, cfg, 0, 0) for r in b) == list(range(5))
 
 

@@ -17,11 +17,12 @@ import torch
 from orchestrator.rundir import RunDir, RunDirError, write_json
 from orchestrator.cli import main
 from orchestrator.serve.client import Client, ClientError
+from benchmarks.common import free_port
 from orchestrator.config import ExperimentConfig, ModelConfig, ServeConfig
 from orchestrator.evaluate.ensemble import Ensemble
 from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
 from orchestrator.serve.deployment import (
-    MAX_BODY_BYTES, MAX_TEXTS, RequestError, choose_backend, deploy, free_port, onnx_fold_dirs, parse_predict, shutdown,
+    MAX_BODY_BYTES, MAX_TEXTS, RequestError, choose_backend, deploy, onnx_fold_dirs, parse_predict, shutdown,
 )
 from trainables.export import export_model_dir
 from trainables.models import save_model_dir

@@ -1,5 +1,4 @@
 import random
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -8,6 +7,7 @@ import torch
 from trainables.models.small import build_small_model, load_vectors
 from trainables.batching import collate
 from trainables.text.vocab import PAD, UNK, VocabTextEncoder
+from trainables.config import ModelConfig
 
 ENCODER = VocabTextEncoder([PAD, UNK] + [f"t{i}" for i in range(10)], tokens="word", max_length=16)
 
@@ -33,11 +33,11 @@ def one_thread():
 
 def config(**overrides):
     options = dict(
-        arch="textcnn", tokens="word", max_length=ENCODER.max_length, vocab_size=100, min_freq=1, embedding_dim=8,
+        kind="small", arch="textcnn", tokens="word", max_length=ENCODER.max_length, vocab_size=100, min_freq=1, embedding_dim=8,
         hidden_size=8, num_layers=1, num_filters=4, kernel_sizes=[2, 3], rnn_type="lstm", bidirectional=True,
         num_heads=2, pretrained_vectors=None, dropout=0.1, multi_sample_dropout=2, init="default",
     )
-    return SimpleNamespace(**{**options, **overrides})
+    return ModelConfig(**{**options, **overrides})
 
 
 def build(name, **overrides):

@@ -1,4 +1,3 @@
-from types import SimpleNamespace
 
 import pytest
 
@@ -7,12 +6,13 @@ from trainables.tricks.averaging import WeightAveraging
 from trainables.tricks.losses import RDrop
 from trainables.tricks.optim import NoisyTune
 from trainables.tricks.build import build_hooks
+from trainables.config import TrainConfig
 
 
 def cfg(**kw):
     off = dict(noisytune=0.0, rdrop_alpha=0.0, adversarial="none", adv_epsilon=1.0, adv_steps=3,
                ema_decay=None, swa_start_epoch=None)
-    return SimpleNamespace(**{**off, **kw})
+    return TrainConfig(**{**off, **kw})
 
 
 def kinds(hooks):

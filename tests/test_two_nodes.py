@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,18 +19,13 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.common import free_port
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.ray
 
 SMOKE = ROOT / "experiments" / "smoke.yaml"
 RAY = Path(sys.executable).with_name("ray")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def processes_under(temp_dir: str) -> list[int]:

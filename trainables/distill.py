@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainables.config import TrainConfig
 from trainables.hooks import Hook, TrainState
 from trainables.inference import predict_logits
 from trainables.loop import FoldData, Trainer, epoch_batches
@@ -211,7 +212,7 @@ class _LossLog:
         return means
 
 
-def self_distill(teacher: HFClassifier, student_layers: Sequence[int], data: FoldData, train_cfg,
+def self_distill(teacher: HFClassifier, student_layers: Sequence[int], data: FoldData, train_cfg: TrainConfig,
                  intermediate: Sequence[str] = ("hidden",), kind: str = "kl", temperature: float = 4.0,
                  alpha: float = 0.9, teacher_logits=None, teacher_mix: str = "average", seed: int = 42,
                  device: str | torch.device = "cpu") -> tuple[HFClassifier, list[dict]]:
@@ -235,14 +236,12 @@ def self_distill(teacher: HFClassifier, student_layers: Sequence[int], data: Fol
     batches = _EpochBatches(data, train_cfg, seed)
     targets = TeacherTargets(teacher_logits, teacher_mix, data.multilabel) if teacher_logits is not None else None
     attentions = "attention" in intermediate
-    losses, history, best = _LossLog(), [], {}
+    losses, history = _LossLog(), []
 
     def on_epoch(model, step):  # TextBrewer's callback, once at the end of every epoch
         metrics = {"epoch": len(history) + 1, **losses.pop_means(), **evaluator.evaluate()}
+        metrics["improved"] = int(evaluator.track_best(metrics, metrics["epoch"]))
         history.append(metrics)
-        score, sign = metrics[f"val_{train_cfg.metric}"], (-1 if train_cfg.metric == "loss" else 1)
-        if not best or sign * score > sign * best["score"]:
-            best.update(score=score, weights={k: v.detach().clone() for k, v in student.state_dict().items()})
 
     with eager_attention(attentions, teacher, student), tempfile.TemporaryDirectory(prefix="textbrewer-") as output_dir:
         distiller = GeneralDistiller(
@@ -257,7 +256,7 @@ def self_distill(teacher: HFClassifier, student_layers: Sequence[int], data: Fol
         distiller.train(build_optimizer(student, train_cfg), batches, num_epochs=train_cfg.epochs,
                         scheduler_class=partial(build_scheduler, train_cfg=train_cfg, total_steps=total_steps),
                         scheduler_args={}, max_grad_norm=train_cfg.grad_clip or -1.0, callback=on_epoch)
-    student.load_state_dict(best["weights"])
+    student.load_state_dict(evaluator.best_weights)
     return student.eval(), history
 
 

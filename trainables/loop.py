@@ -21,10 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from trainables.config import TrainConfig
 from trainables.hooks import Hook, HookList, TrainState
 from trainables.inference import predict_logits
 from trainables.tricks.losses import build_loss
-from trainables.metrics import compute_metrics, probabilities
+from trainables.metrics import compute_metrics, improves, probabilities
 from trainables.tricks.optim import build_optimizer, build_scheduler
 from trainables.batching import BucketBatchSampler, collate
 from trainables.tricks.build import build_hooks
@@ -63,8 +64,14 @@ class FitState:
 
     epoch: int = 0
     best_score: Optional[float] = None
+    best_epoch: Optional[int] = None  # 1-based, like the history rows' "epoch"
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
+
+
+def best_row(history: Sequence[dict]) -> dict:
+    """The history row of the best epoch: the last one that improved (``Trainer.track_best`` decided it)."""
+    return next(h for h in reversed(history) if h["improved"])
 
 
 def autocast_factory(amp: str, device: torch.device) -> tuple[Callable[[], contextlib.AbstractContextManager], Optional[torch.amp.GradScaler]]:
@@ -78,7 +85,7 @@ def autocast_factory(amp: str, device: torch.device) -> tuple[Callable[[], conte
     return (lambda: torch.autocast(device.type, dtype=dtype)), scaler
 
 
-def epoch_batches(data: FoldData, cfg: Any, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
+def epoch_batches(data: FoldData, cfg: TrainConfig, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
     """Index batches of one epoch, deterministic in (seed, epoch); rank r of world takes every world-th batch."""
     n, size = len(data.train_ids), cfg.batch_size
     if cfg.sampler == "bucket":
@@ -123,7 +130,7 @@ def sample_weights(data: FoldData) -> np.ndarray:
 class Trainer:
     """Trains one model on one fold. ``fit`` yields control to ``on_epoch`` after every epoch."""
 
-    def __init__(self, model: nn.Module, data: FoldData, cfg: Any, seed: int = 42,
+    def __init__(self, model: nn.Module, data: FoldData, cfg: TrainConfig, seed: int = 42,
                  device: str | torch.device = "cpu", rank: int = 0, world: int = 1, log: Callable[[str], None] = lambda _: None,
                  extra_hooks: Sequence[Hook] = ()):
         """``extra_hooks`` join the config's tricks (e.g. distillation, which needs teacher logits)."""
@@ -179,8 +186,8 @@ class Trainer:
         train_time = time.perf_counter() - started
         with self.hooks.eval_weights(state):
             metrics = self.evaluate()
-            improved = self._track_best(metrics)
-        metrics.update(epoch=epoch + 1, train_loss=loss_sum / max(seen, 1), epoch_time_s=train_time,
+            improved = self.track_best(metrics, epoch + 1)
+        metrics.update(epoch=epoch + 1, improved=int(improved), train_loss=loss_sum / max(seen, 1), epoch_time_s=train_time,
                        train_samples_per_s=seen / max(train_time, 1e-9), lr=self.scheduler.get_last_lr()[0])
         self.fit_state.history.append(metrics)
         self.fit_state.epoch = epoch + 1
@@ -221,13 +228,13 @@ class Trainer:
         scores = compute_metrics(self.data.val_labels, probabilities(logits, self.data.multilabel), self.data.multilabel, self.cfg.threshold)
         return {"val_loss": loss, **{f"val_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))}}
 
-    def _track_best(self, metrics: dict[str, float]) -> bool:
-        """Keep a CPU copy of the best weights (called inside eval_weights, so EMA/SWA count)."""
+    def track_best(self, metrics: dict[str, float], epoch: int) -> bool:
+        """Decide whether ``epoch`` (1-based) is the best so far and keep a CPU copy of its weights
+        (called inside eval_weights, so EMA/SWA count)."""
         score = metrics[f"val_{self.cfg.metric}"]
-        best = self.fit_state.best_score
-        improved = best is None or (score < best if self.cfg.metric == "loss" else score > best)
+        improved = improves(self.cfg.metric, score, self.fit_state.best_score)
         if improved:
-            self.fit_state.best_score, self.fit_state.bad_epochs = score, 0
+            self.fit_state.best_score, self.fit_state.best_epoch, self.fit_state.bad_epochs = score, epoch, 0
             self.best_weights = {k: v.detach().cpu().clone() for k, v in self.raw_model.state_dict().items()}
         else:
             self.fit_state.bad_epochs += 1

@@ -17,6 +17,14 @@ from scipy.special import expit, softmax
 DEFAULT_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
 
 
+MINIMISED = frozenset({"loss"})  # every other metric (F1s, accuracy) is maximised
+
+
+def improves(metric: str, score: float, best: float | None) -> bool:
+    """Whether ``score`` of ``metric`` beats ``best`` (None: nothing to beat yet)."""
+    return best is None or (score < best if metric in MINIMISED else score > best)
+
+
 def probabilities(logits: np.ndarray, multilabel: bool) -> np.ndarray:
     """Softmax over the last axis, or element-wise sigmoid when multilabel.
 

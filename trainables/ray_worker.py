@@ -3,25 +3,28 @@
 ``train_fold_worker(config)`` runs on every TorchTrainer worker: it builds the model, resumes from
 Ray's checkpoint after a worker failure (or from ``resume_from`` for incremental training), runs
 ``Trainer.fit`` and reports each epoch's metrics with a checkpoint holding the full training state
-(``train_state.pt``) and the best model so far (``best/``, a model directory).
+(``train_state.pt``), the best model so far (``best/``, a model directory) and ``history.json``
+(every epoch's metrics and the best epoch, as the loop decided it).
 """
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any
 
 import ray
 import ray.train
 import ray.train.torch
 import torch
 
+from trainables.atomic import atomic_write_text
+from trainables.config import ModelConfig, TrainConfig
 from trainables.loop import FoldData, Trainer
 from trainables.models import build_model, save_model_dir
 
 TRAIN_STATE = "train_state.pt"
 BEST_DIR = "best"
+HISTORY_FILE = "history.json"
 
 
 def _seed_everything(seed: int) -> None:
@@ -34,9 +37,12 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def write_checkpoint(directory: Path, trainer: Trainer, payload: dict, model_cfg: Any) -> None:
-    """train_state.pt (exact resume) + best/ (the best model so far, loadable on its own)."""
+def write_checkpoint(directory: Path, trainer: Trainer, payload: dict, model_cfg: ModelConfig) -> None:
+    """train_state.pt (exact resume) + best/ (the best model so far, loadable on its own) +
+    history.json (what the driver reads without loading the training state)."""
     torch.save(trainer.state_dict(), directory / TRAIN_STATE)
+    fit = trainer.fit_state
+    atomic_write_text(directory / HISTORY_FILE, json.dumps({"history": fit.history, "best_epoch": fit.best_epoch}))
     if trainer.best_weights is not None:
         save_model_dir(directory / BEST_DIR, trainer.raw_model, payload["text_encoder"], model_cfg,
                        payload["meta"], state_dict=trainer.best_weights)
@@ -52,14 +58,13 @@ def train_fold_worker(config: dict) -> None:
     payload = config["payload"]
     if isinstance(payload, ray.ObjectRef):
         payload = ray.get(payload)
-    train_cfg, model_cfg = SimpleNamespace(**config["train"]), SimpleNamespace(**config["model"])
+    train_cfg, model_cfg = TrainConfig.model_validate(config["train"]), ModelConfig.model_validate(config["model"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(train_cfg.torch_threads or train_cfg.cpus_per_worker)))
     _seed_everything(config["seed"])
     data: FoldData = payload["data"]
-    model = build_model(model_cfg, data.num_classes, payload["text_encoder"], hf_config=payload.get("hf_config"),
-                        classes=payload["meta"]["classes"])
+    model = build_model(model_cfg, data.num_classes, payload["text_encoder"], classes=payload["meta"]["classes"])
     device = ray.train.torch.get_device()
     if world > 1:
         model = ray.train.torch.prepare_model(model)
@@ -76,7 +81,7 @@ def train_fold_worker(config: dict) -> None:
     placement = {"start_epoch": trainer.fit_state.epoch, "node_id": ray.get_runtime_context().get_node_id()}
 
     def on_epoch(trainer: Trainer, result) -> None:
-        metrics = {**result.metrics, "improved": int(result.improved), "stopped": int(result.stop), **placement}
+        metrics = {**result.metrics, "stopped": int(result.stop), **placement}
         if rank != 0:
             ray.train.report(metrics)
             return

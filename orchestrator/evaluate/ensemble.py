@@ -25,6 +25,13 @@ class Prediction:
     truncated: list[bool]             # text longer than the model's max_length
 
 
+def combine(fold_logits: np.ndarray, multilabel: bool) -> np.ndarray:
+    """[N, C] ensemble probabilities from [K, N, C] fold logits (the rule in this module's docstring)."""
+    if multilabel:
+        return np.mean([probabilities(l, True) for l in fold_logits], axis=0)
+    return probabilities(np.asarray(fold_logits).mean(0), False)
+
+
 class EnsembleBase:
     """Everything but the fold models: subclasses load them in ``_load`` and run them in
     ``fold_logits``; combining folds and naming classes is shared."""
@@ -51,9 +58,7 @@ class EnsembleBase:
 
     def combine(self, fold_logits: np.ndarray) -> np.ndarray:
         """[N, C] ensemble probabilities from [K, N, C] fold logits."""
-        if self.multilabel:
-            return np.mean([probabilities(l, True) for l in fold_logits], axis=0)
-        return probabilities(fold_logits.mean(0), False)
+        return combine(fold_logits, self.multilabel)
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         return self.combine(self.fold_logits(self.encode(texts), batch_size))

@@ -15,16 +15,11 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
-
 from orchestrator.rundir import RunDir
+from orchestrator.evaluate.measure import DEFINITION
 from orchestrator.report.compare import COLUMNS, stage_comparison
 from trainables.atomic import atomic_write_bytes, atomic_write_text
 
-REPORT_FILE = "report.html"
-FILES_DIR = "report_files"
 TEXT_COLUMNS = ("model", "backend", "device")
 # (history key, panel, colour): fixed colours, so every fold's plot reads the same
 CURVES = (("train_loss", "loss", "#1f77b4"), ("val_loss", "loss", "#ff7f0e"), ("val_macro_f1", "f1", "#2ca02c"))
@@ -145,20 +140,6 @@ def trial_cells(trial: dict) -> list[str]:
             f"{trial['mean']:.4f} ± {trial['std']:.4f}", f"{trial['time_s']:.0f}"]
 
 
-def print_stage_table(rows: list[dict], console: Optional[Console] = None) -> None:
-    """The stage comparison as a rich table."""
-    table = Table(title="stage comparison (evaluation split)")
-    cells = [stage_cells(row) for row in rows]
-    for i, column in enumerate(COLUMNS):
-        text = column in TEXT_COLUMNS
-        # a narrow terminal may wrap names, never cut a number short
-        width = None if text else max((len(c[i]) for c in cells), default=0)
-        table.add_column(STAGE_HEADERS[column], justify="left" if text else "right", min_width=width, overflow="fold")
-    for row in cells:
-        table.add_row(*map(Text, row))  # Text: names are not rich markup
-    (console or Console()).print(table)
-
-
 # ---- HTML ----
 def _e(value: Any) -> str:
     return html.escape(str(value))
@@ -215,10 +196,9 @@ def test_section(run: RunDir, plots: dict[str, Path]) -> str:
 
 
 def trials_section(run: RunDir) -> str:
-    path = run.root / "trials.json"
-    if not path.is_file():
+    if not run.trials_json.is_file():
         return ""
-    trials = json.loads(path.read_text())
+    trials = json.loads(run.trials_json.read_text())
     table = _table(("config", "fold scores", "mean ± std", "time (s)"), map(trial_cells, trials["trials"]),
                    (False, True, True, True), best_first=True)
     return (f"<h2>Trials</h2><p class=\"sub\">{len(trials['trials'])} config(s) × {trials['folds']} fold(s), "
@@ -235,21 +215,20 @@ def stages_section(run: RunDir, rows: list[dict]) -> str:
         split = "val" if run.config().cv.folds == 1 else "val (rows the K folds trained on: optimistic)"
     table = _table([STAGE_HEADERS[c] for c in COLUMNS], map(stage_cells, rows),
                    [c not in TEXT_COLUMNS for c in COLUMNS])
-    return (f"<h2>Stage comparison</h2><p class=\"sub\">Every model of the run on the {_e(split)} split; size is the "
-            "weight files, texts/s is batched inference on a fixed sample (tokenization excluded).</p>" + table)
+    return (f"<h2>Stage comparison</h2><p class=\"sub\">Every model of the run on the {_e(split)} split; "
+            f"{_e(DEFINITION)}.</p>" + table)
 
 
 def write_html_report(run: RunDir, rows: Optional[list[dict]] = None) -> Path:
     """Write run/report.html and its plots in run/report_files/; ``rows``: a ``stage_comparison(run)``
     already measured (measured here if not given). Returns the HTML path."""
     rows = stage_comparison(run) if rows is None else rows
-    files = run.root / FILES_DIR
+    files = run.report_files
     shutil.rmtree(files, ignore_errors=True)  # no plot of an earlier report may outlive its section
     plots = write_plots(run, files)
     sections = (overview_section(run), curves_section(run, plots), test_section(run, plots), trials_section(run),
                 stages_section(run, rows))
     page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{_e(run.root.name)} report</title>"
             f"<style>{CSS}</style></head><body><main>{''.join(sections)}</main></body></html>\n")
-    path = run.root / REPORT_FILE
-    atomic_write_text(path, page)
-    return path
+    atomic_write_text(run.report_html, page)
+    return run.report_html

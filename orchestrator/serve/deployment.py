@@ -8,7 +8,6 @@ requests share a batch and each batch runs the ensemble once.
 import asyncio
 import hmac
 import json
-import socket
 import time
 from collections import Counter
 from pathlib import Path
@@ -30,14 +29,13 @@ from trainables.models import META_FILE
 MAX_TEXTS = 256                  # per request; more is a 413
 MAX_BODY_BYTES = 1 << 20         # per request; more is a 413
 REPLICA_CPUS = 1                 # Ray CPUs of a replica, and its inference threads
-EXPORT_DIR = "export"            # the export stage writes <run>/export/fold_<k>/
 _DEFAULTS = ServeConfig()
 
 
 # ---- the run's models ----
 def onnx_fold_dirs(run: RunDir) -> list[Path]:
     """ONNX exports of the fold models (``export/fold_<k>/``), in fold order."""
-    dirs = [p for p in (run.root / EXPORT_DIR).glob("fold_*") if (p / ONNX_FILE).is_file()]
+    dirs = [p for p in run.stage_dir("export").glob("fold_*") if (p / ONNX_FILE).is_file()]
     return sorted(dirs, key=lambda p: int(p.name.removeprefix("fold_")))
 
 
@@ -47,7 +45,7 @@ def choose_backend(run: RunDir, onnx: bool = False) -> str:
         return "torch"
     if onnx_fold_dirs(run):
         return "onnx"
-    wanted = f"ONNX exports ({EXPORT_DIR}/fold_<k>/{ONNX_FILE})" if onnx else "fold models or ONNX exports"
+    wanted = f"ONNX exports (export/fold_<k>/{ONNX_FILE})" if onnx else "fold models or ONNX exports"
     raise RunDirError(f"{run.root}: no {wanted} to serve")
 
 
@@ -270,13 +268,22 @@ def _wait_healthy(url: str, timeout_s: float = 30.0) -> None:
         time.sleep(0.2)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nothing listens on now (for tests and benchmarks; another process may still take it)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def shutdown() -> None:
     """Stop Serve: every app, the proxies and the controller."""
     serve.shutdown()
+
+
+def serve_until_interrupted(run: RunDir, serve_cfg: ServeConfig, onnx: bool, log=print) -> None:
+    """Deploy the run on Ray Serve and block until Ctrl-C or SIGTERM, then shut Serve down."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a process manager's stop shuts Serve down too
+    try:
+        url = deploy(run.root, serve_cfg, onnx=onnx)
+        log(f"serving {run.root} at {url}: POST /predict, GET /info, GET /healthz (Ctrl-C to stop)")
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        log("stopping")
+    finally:
+        shutdown()

@@ -9,42 +9,39 @@ computed once and cached. Everything lands in run/distill/:
                              the key (fold model files + pool texts) they were computed for
   model/                     the student, a model directory (load_model_dir)
   history.json, metrics.csv  the student's per-epoch metrics
-  report.json                student vs teacher: test F1, parameters, size on disk, throughput
+  report.json                student vs teacher: orchestrator/evaluate/measure.py's figures
 
-The student trains on the train rows and picks its best epoch on the val rows (pipeline.fold_plan
-with one fold), whatever cv.folds was. It runs inside the stage task of orchestrator/stages.py, which
+The student trains on the train rows and picks its best epoch on the val rows (data.fold_plan
+with one fold), whatever cv.folds was. It runs inside the stage task of orchestrator/stages/runner.py, which
 records it in manifest.json; the heavy parts run in Ray tasks or workers that reserve distill.train's
 CPUs (and GPU), so the stage task itself only waits.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import shutil
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from orchestrator.rundir import RunDir, write_json
 from orchestrator.config import ConfigError, ExperimentConfig, with_overrides
-from orchestrator.data import Dataset, load_stop_words
+from orchestrator.data import Dataset, fold_plan, label_array, load_stop_words
 from orchestrator.evaluate.ensemble import Ensemble
-from orchestrator.pipeline import evaluation_split, fold_plan, load_saved_split
-from orchestrator.train.folds import (build_torch_trainer, collect_fold, fold_data, label_array, model_meta, use_gpu,
-                                   write_epoch_logs)
+from orchestrator.evaluate.measure import DEFINITION, Artifact, describe, digest, measure
+from orchestrator.rundir import RunDir, write_json
+from orchestrator.train.cluster import use_gpu
+from orchestrator.train.folds import build_torch_trainer, collect_fold, fold_data, model_meta, record_fold
 from trainables.atomic import atomic_write_bytes
-from trainables.distill import TeacherDistillation, count_parameters, self_distill, size_on_disk_mb, timed_logits
+from trainables.config import ModelConfig
+from trainables.distill import TeacherDistillation, self_distill
 from trainables.loop import FoldData
-from trainables.metrics import compute_metrics
-from trainables.text.encoders import build_text_encoder
 from trainables.models import load_model_dir, save_model_dir
+from trainables.text.encoders import build_text_encoder
 from trainables.text.base import TextEncoder
 
-DISTILL_DIR = "distill"
 RAY_NAME = "distill"  # the student's Ray Train run under run/ray/
 
 
@@ -53,7 +50,7 @@ def run_distill(cfg: ExperimentConfig, run: RunDir, log: Callable[[str], Any] = 
 
     Self mode copies the layers, and matches the hidden states, of the first chosen fold model (fold 0
     for "ensemble"); its soft labels are the chosen teachers' logits mixed by teacher_mix, as in cross
-    mode. Needs a connected Ray (the pipeline's, or ``pipeline.init_ray()``). Every call trains the
+    mode. Needs a connected Ray (the pipeline's, or ``train.cluster.init_ray()``). Every call trains the
     student afresh; only the teacher logits are reused while the fold models and the pool are unchanged.
     """
     dcfg, student_cfg = cfg.distill, student_config(cfg)
@@ -61,7 +58,7 @@ def run_distill(cfg: ExperimentConfig, run: RunDir, log: Callable[[str], Any] = 
     chosen = teacher_folds(dcfg.teacher, len(fold_dirs))
     if dcfg.mode == "self" and json.loads((fold_dirs[chosen[0]] / "model.json").read_text())["model"]["kind"] != "hf":
         raise ConfigError("distill.mode: 'self' copies layers of an hf teacher; the fold models are not hf (use mode 'cross')")
-    folder = run.root / DISTILL_DIR
+    folder = run.stage_dir("distill")
     folder.mkdir(parents=True, exist_ok=True)
     dataset, train_idx, val_idx = training_pool(run, cfg.seed)
     pool_texts = dataset.train.texts + dataset.val.texts
@@ -74,8 +71,7 @@ def run_distill(cfg: ExperimentConfig, run: RunDir, log: Callable[[str], Any] = 
     else:
         on_worker(student_cfg, train_self, student_cfg, dataset, fold_dirs[chosen[0]], teacher_logits, train_idx,
                   val_idx, folder, started, settings)
-    report = on_worker(student_cfg, measure, run.root, [fold_dirs[k] for k in chosen], folder / "model",
-                       student_cfg.train.eval_batch_size)
+    report = on_worker(student_cfg, compare_with_teacher, run.root, tuple(fold_dirs[k] for k in chosen), folder / "model")
     history = json.loads((folder / "history.json").read_text())
     report = {"config": settings, "teacher_logits": "cached" if cached else "computed",
               "train_time_s": history["train_time_s"], "best_epoch": history["best"]["epoch"], **report}
@@ -117,11 +113,9 @@ def teacher_folds(teacher: str, folds: int) -> list[int]:
 
 def training_pool(run: RunDir, seed: int) -> tuple[Dataset, np.ndarray, np.ndarray]:
     """The run's saved train/val splits as a Dataset, and the train/val row indices of their pool
-    (train rows first, as ``pipeline.fold_plan`` builds it)."""
+    (train rows first, as ``data.fold_plan`` builds it)."""
     data = run.stage("data")
-    classes, multilabel = data["classes"], data["multilabel"]
-    train, val = (load_saved_split(run.root / "data" / f"{name}.jsonl", classes, multilabel) for name in ("train", "val"))
-    dataset = Dataset(train, val, None, classes, multilabel)
+    dataset = Dataset(run.load_split("train"), run.load_split("val"), None, data["classes"], data["multilabel"])
     _, [(train_idx, val_idx)] = fold_plan(dataset, 1, seed)
     return dataset, train_idx, val_idx
 
@@ -153,23 +147,12 @@ def _with_threads(threads: int, fn: Callable, *args) -> Any:
     return fn(*args)
 
 
-def cache_key(model_dirs: Sequence[Path], texts: Sequence[str]) -> str:
-    """Hash of every file of the model directories and of the texts."""
-    digest = hashlib.sha256()
-    for directory in model_dirs:
-        for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
-            with path.open("rb") as f:
-                digest.update(path.relative_to(directory).as_posix().encode() + hashlib.file_digest(f, "sha256").digest())
-    digest.update("\0".join(texts).encode())
-    return digest.hexdigest()[:16]
-
-
 def pool_teacher_logits(fold_dirs: Sequence[Path], texts: Sequence[str], folder: Path) -> tuple[np.ndarray, bool]:
     """([K, N, C] logits of every fold model on ``texts``, whether they came from the cache in ``folder``).
 
     All K folds are cached whatever distill.teacher picks, so changing the teacher reuses them.
     """
-    key = cache_key(fold_dirs, texts)
+    key = digest(fold_dirs, "\0".join(texts))
     array, info = folder / "teacher_logits.npy", folder / "teacher_logits.json"
     if array.is_file() and info.is_file() and json.loads(info.read_text()).get("key") == key:
         return np.load(array), True
@@ -194,9 +177,9 @@ def train_cross(cfg: ExperimentConfig, run: RunDir, dataset: Dataset, teacher_lo
     hook = TeacherDistillation(teacher_logits, dcfg.loss, dcfg.temperature, dcfg.alpha, dataset.multilabel, dcfg.teacher_mix)
     payload = {"data": student_data(dataset, encoder, train_idx, val_idx), "text_encoder": encoder,
                "meta": model_meta(cfg, dataset), "hooks": [hook]}
-    shutil.rmtree(run.ray_storage / RAY_NAME, ignore_errors=True)  # Ray Train would resume an earlier student's run
+    shutil.rmtree(run.ray_run(RAY_NAME), ignore_errors=True)  # Ray Train would resume an earlier student's run
     trainer = build_torch_trainer(cfg, run, 0, ray.put(payload), name=RAY_NAME)
-    collect_fold(trainer.fit(), 0, run.root / DISTILL_DIR, cfg.train.metric, started,
+    collect_fold(trainer.fit(), 0, run.stage_dir("distill"), started,
                  {**settings, "student": cfg.model.arch if cfg.model.kind == "small" else cfg.model.name})
 
 
@@ -211,42 +194,17 @@ def train_self(cfg: ExperimentConfig, dataset: Dataset, teacher_dir: Path, teach
     student, history = self_distill(
         teacher, dcfg.student_layers, student_data(dataset, encoder, train_idx, val_idx), cfg.train, dcfg.intermediate, dcfg.loss, dcfg.temperature, dcfg.alpha,
         teacher_logits, dcfg.teacher_mix, cfg.seed, "cuda" if torch.cuda.is_available() else "cpu")
-    save_model_dir(folder / "model", student, encoder, SimpleNamespace(**meta["model"]), model_meta(cfg, dataset))
-    metric = f"val_{cfg.train.metric}"
-    best = (min if cfg.train.metric == "loss" else max)(history, key=lambda h: h[metric])
+    save_model_dir(folder / "model", student, encoder, ModelConfig.model_validate(meta["model"]), model_meta(cfg, dataset))
     settings = {**settings, "student": f"{len(dcfg.student_layers)} of {teacher.encoder.config.num_hidden_layers} layers"}
-    write_epoch_logs(folder, history, best, settings)
-    write_json(folder / "history.json", {"history": history, "best": best, "train_time_s": time.perf_counter() - started,
-                                         "hparams": settings})  # last, like collect_fold: it marks the folder complete
+    record_fold(folder, 0, history, time.perf_counter() - started, settings)
 
 
-def measure(run_root: Path, teacher_dirs: Sequence[Path], student_dir: Path, batch_size: int) -> dict:
-    """Teacher(s) and student on the run's evaluation split: metrics, parameters, size, texts/s."""
+def compare_with_teacher(run_root: Path, teacher_dirs: tuple[Path, ...], student_dir: Path) -> dict:
+    """Teacher(s) (combined like the fold ensemble) and student on the run's evaluation split."""
     run = RunDir(Path(run_root))
-    split = evaluation_split(run)
-    data = run.stage("data")
-    gold = label_array(split.labels, len(data["classes"]), data["multilabel"])
-    teacher, student = (_model_report(dirs, split.texts, gold, batch_size) for dirs in (teacher_dirs, [student_dir]))
-    return {"split": "test" if (run.root / "data" / "test.jsonl").is_file() else "val", "rows": len(split.texts),
+    teacher, student = (measure(run, Artifact(name, "torch", dirs)) | {"model": describe(dirs[0])}
+                        for name, dirs in (("teacher", teacher_dirs), ("student", (student_dir,))))
+    return {"split": run.evaluation_split_name, "rows": len(run.evaluation_split().texts), "measured": DEFINITION,
             "teacher": teacher, "student": student,
             "compression": teacher["parameters"] / student["parameters"],
             "speedup": student["texts_per_s"] / teacher["texts_per_s"]}
-
-
-def _model_report(model_dirs: Sequence[Path], texts: Sequence[str], gold: np.ndarray, batch_size: int) -> dict:
-    """Metrics of the models combined like the fold ensemble, their parameters, size and throughput."""
-    ensemble = Ensemble(model_dirs)
-    logits, speed = timed_logits(ensemble.models, ensemble.encode(texts), ensemble.encoder.pad_id, batch_size, ensemble.device)
-    scores = compute_metrics(gold, ensemble.combine(logits), ensemble.multilabel, ensemble.threshold)
-    return {**scores, "models": len(model_dirs), "model": _describe(ensemble), "parameters": count_parameters(ensemble.models),
-            "size_mb": size_on_disk_mb(*model_dirs), "texts_per_s": speed, "device": ensemble.device}
-
-
-def _describe(ensemble: Ensemble) -> str:
-    """small:arch, t5:name, or hf:name (n layers): a self-distilled student keeps its teacher's name."""
-    model = ensemble.meta["model"]
-    if model["kind"] == "small":
-        return f"small:{model['arch']}"
-    if model["kind"] == "hf":
-        return f"hf:{model['name']} ({ensemble.models[0].encoder.config.num_hidden_layers} layers)"
-    return f"{model['kind']}:{model['name']}"

@@ -1,6 +1,6 @@
-"""The prune stage: TextPruner on the run's HF model (fold 0's, or a given model directory such as
-the distilled student) -> ``run/prune/model`` (a normal model directory) and ``run/prune/report.json``
-(before/after: metrics on the evaluation split, parameters, weights size, throughput, settings).
+"""The prune stage: TextPruner on the run's HF model (the distilled student when it is an HF model,
+else fold 0's) -> ``run/prune/model`` (a normal model directory) and ``run/prune/report.json``
+(before/after: orchestrator/evaluate/measure.py's figures on the evaluation split, and the settings).
 
 It runs inside a Ray task (orchestrator/stages.py), so it returns its result and leaves
 manifest.json to the driver.
@@ -12,32 +12,31 @@ import random
 import shutil
 import time
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Optional
+from trainables.config import ModelConfig
 
 import torch
 
-from orchestrator.rundir import RunDir, RunDirError, write_json
 from orchestrator.config import ExperimentConfig, PruneConfig
-from orchestrator.pipeline import evaluation_split, load_saved_split
-from orchestrator.train.folds import label_array
+from orchestrator.data import label_array
+from orchestrator.evaluate.measure import DEFINITION, Artifact, measure
+from orchestrator.rundir import SPLITS, RunDir, RunDirError, write_json
 from trainables import prune
-from trainables.models import META_FILE, MODEL_FILE, load_model_dir, save_model_dir
+from trainables.models import META_FILE, load_model_dir, save_model_dir
+from trainables.models.pruned_shapes import LAYOUT_KEY
 from trainables.text.hf import HFTextEncoder
 
 # Training texts (a seeded sample) that rank heads and neurons. Every iteration re-scores them with
 # a forward + backward pass, so 4 iterations x 512 texts cost about one training epoch of 2,000 texts.
 IMPORTANCE_TEXTS = 512
-SPLITS = ("train", "val", "test")
 
 
-def run_prune(cfg: ExperimentConfig, run: RunDir, source_dir: Optional[Path] = None, log=print) -> dict:
+def run_prune(cfg: ExperimentConfig, run: RunDir, log=print) -> dict:
     """Prune per ``cfg.prune`` and return the report (also written to run/prune/report.json), or
     ``{"status": "skipped", "reason": ...}`` when there is nothing TextPruner can prune."""
     settings = cfg.prune
     if settings.mode == "none":
         return _skipped(run, "prune.mode is none", log)
-    source = Path(source_dir) if source_dir else _default_source(run)
+    source = prune_source(cfg, run)
     kind = json.loads((source / META_FILE).read_text())["model"]["kind"]
     if kind != "hf":
         return _skipped(run, f"{source}: a {kind} model has no transformer encoder to prune", log)
@@ -46,38 +45,35 @@ def run_prune(cfg: ExperimentConfig, run: RunDir, source_dir: Optional[Path] = N
     if reason:
         return _skipped(run, f"{source}: {reason}", log)
 
-    split = evaluation_split(run)
-    gold = label_array(split.labels, len(meta["classes"]), meta["multilabel"])
-
-    def measure(model, encoder, model_dir: Path) -> dict:
-        scores = prune.evaluate(model, encoder.encode(split.texts), encoder.pad_id, gold, meta["multilabel"],
-                                meta.get("threshold", 0.5), cfg.train.eval_batch_size)
-        return {**scores, "size_mb": (model_dir / MODEL_FILE).stat().st_size / 2**20}
-
-    before, vocab_before = measure(model, encoder, source), model.encoder.config.vocab_size
+    before, vocab_before = measure(run, Artifact("before", "torch", (source,))), model.encoder.config.vocab_size
     log(f"prune: {settings.mode} pruning of {source}")
     started = time.perf_counter()
-    model, tokenizer, details = _prune(cfg, run, model, encoder, meta)
+    model, tokenizer, details = _prune_model(cfg, run, model, encoder, meta)
     seconds = time.perf_counter() - started
     encoder = HFTextEncoder(tokenizer, encoder.max_length)
-    out = _save(run.root / "prune" / "model", model, encoder, {**meta, "prune": {"mode": settings.mode, "source": str(source)}})
-    after = measure(model, encoder, out)
+    out = _save(run.stage_model_dir("prune"), model, encoder, {**meta, "prune": {"mode": settings.mode, "source": str(source)}})
+    after = measure(run, Artifact("after", "torch", (out,)))
 
     report = {
-        "mode": settings.mode, "source": str(source), "model_dir": str(out),
-        "split": "test" if (run.root / "data" / "test.jsonl").is_file() else "val",
-        "settings": details, "layout": getattr(model.encoder.config, prune.LAYOUT_KEY, None),
+        "mode": settings.mode, "source": str(source), "model_dir": str(out), "split": run.evaluation_split_name,
+        "settings": details, "layout": getattr(model.encoder.config, LAYOUT_KEY, None),
         "vocab_size": {"before": vocab_before, "after": model.encoder.config.vocab_size},
-        "before": before, "after": after, "prune_seconds": seconds, "torch_threads": torch.get_num_threads(),
+        "before": before, "after": after, "measured": DEFINITION, "prune_seconds": seconds,
+        "torch_threads": torch.get_num_threads(),
     }
-    write_json(run.root / "prune" / "report.json", report)
+    write_json(run.stage_dir("prune") / "report.json", report)
     metric = cfg.train.metric if cfg.train.metric in before else "macro_f1"
     log(f"prune: parameters {before['parameters']:,} -> {after['parameters']:,}, {metric} {before[metric]:.4f} -> "
         f"{after[metric]:.4f}, {before['texts_per_s']:.0f} -> {after['texts_per_s']:.0f} texts/s")
     return report
 
 
-def _default_source(run: RunDir) -> Path:
+def prune_source(cfg: ExperimentConfig, run: RunDir) -> Path:
+    """The distilled student when distill is on and made an HF model, else fold 0's model."""
+    student = run.stage_model_dir("distill")
+    if cfg.distill.enabled and (student / META_FILE).is_file() and \
+            json.loads((student / META_FILE).read_text())["model"]["kind"] == "hf":
+        return student
     folds = run.fold_model_dirs()
     if not folds:
         raise RunDirError(f"{run.root}: no fold model to prune (folds/<k>/model)")
@@ -86,7 +82,7 @@ def _default_source(run: RunDir) -> Path:
 
 def _skipped(run: RunDir, reason: str, log) -> dict:
     # A pruned model from an earlier config would otherwise be exported as if it were current.
-    shutil.rmtree(run.root / "prune", ignore_errors=True)
+    shutil.rmtree(run.stage_dir("prune"), ignore_errors=True)
     log(f"prune: skipped: {reason}")
     return {"status": "skipped", "reason": reason}
 
@@ -97,11 +93,10 @@ def _targets(settings: PruneConfig, config) -> dict:
             "target_ffn_size": settings.target_ffn_size or max(1, round(config.intermediate_size * 2 / 3))}
 
 
-def _prune(cfg: ExperimentConfig, run: RunDir, model, encoder: HFTextEncoder, meta: dict):
+def _prune_model(cfg: ExperimentConfig, run: RunDir, model, encoder: HFTextEncoder, meta: dict):
     """(model, tokenizer, settings used) after the configured pruning."""
     mode, classes, multilabel = cfg.prune.mode, meta["classes"], meta["multilabel"]
-    splits = {name: load_saved_split(path, classes, multilabel)
-              for name in SPLITS if (path := run.root / "data" / f"{name}.jsonl").is_file()}
+    splits = {name: run.load_split(name) for name in SPLITS if run.has_split(name)}
     texts = [text for split in splits.values() for text in split.texts]
     if mode == "vocabulary":
         model, tokenizer = prune.prune_vocabulary(model, encoder.tokenizer, texts)
@@ -123,7 +118,7 @@ def _save(out: Path, model, encoder: HFTextEncoder, meta: dict) -> Path:
     """Write the model directory beside ``out`` and swap it in, so a failed save leaves no half directory."""
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model_dir(tmp, model, encoder, SimpleNamespace(**meta["model"]), meta)
+    save_model_dir(tmp, model, encoder, ModelConfig.model_validate(meta["model"]), meta)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

@@ -4,62 +4,29 @@ A stage's cache key hashes its own config sections and the key of the stage befo
 one follows training), so an unchanged experiment skips every stage and a changed ``distill``
 section reruns distill and what follows, never the training. Stages are submitted at once, each
 task taking the previous task's ObjectRef, so Ray runs them in order without the driver waiting in
-between; only the driver writes manifest.json.
+between; only the driver writes manifest.json. distill and prune are imported in their task only
+(TextBrewer, TextPruner).
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 from orchestrator.rundir import RunDir
 from orchestrator.config import ExperimentConfig, config_hash
+from orchestrator.stages.export import EXPORT_THREADS, run_export
 
-def _distill(cfg: ExperimentConfig, run: RunDir, upstream: Optional[dict]) -> dict:
+def _distill(cfg: ExperimentConfig, run: RunDir) -> dict:
     from orchestrator.stages.distill import run_distill
 
     return run_distill(cfg, run)
 
 
-def _prune(cfg: ExperimentConfig, run: RunDir, upstream: Optional[dict]) -> dict:
+def _prune(cfg: ExperimentConfig, run: RunDir) -> dict:
     from orchestrator.stages.prune import run_prune
 
-    student = run.root / "distill" / "model"
-    hf_student = cfg.distill.enabled and json.loads((student / "model.json").read_text())["model"]["kind"] == "hf"
-    return run_prune(cfg, run, source_dir=student if hf_student else None)
-
-
-def export_sources(run: RunDir) -> dict[str, Path]:
-    """Every model directory of the run that export covers: folds, student, pruned model (the last
-    two only while their stage is on: a stage switched off leaves its old model behind)."""
-    cfg = run.config()
-    sources = {f"fold_{d.parent.name}": d for d in run.fold_model_dirs()}
-    for name, folder, on in (("student", "distill", cfg.distill.enabled), ("pruned", "prune", cfg.prune.mode != "none")):
-        if on and (run.root / folder / "model" / "model.json").is_file():
-            sources[name] = run.root / folder / "model"
-    return sources
-
-
-EXPORT_THREADS = 1  # ONNX Runtime threads of the export task = the CPUs it reserves
-
-
-def _export(cfg: ExperimentConfig, run: RunDir, upstream: Optional[dict]) -> dict:
-    from orchestrator.pipeline import evaluation_split
-    from trainables.export import export_model_dir
-    from trainables.text.encoders import load_text_encoder
-
-    split = evaluation_split(run)
-    results = {}
-    for name, source in export_sources(run).items():
-        encoder = load_text_encoder(source)  # each model has its own encoder (e.g. a pruned vocabulary)
-        parity = export_model_dir(source, run.root / "export" / name, encoder.encode(split.texts),
-                                  int8=cfg.export.int8, threads=EXPORT_THREADS)
-        if not parity["ok"]:
-            raise RuntimeError(f"export {name}: ONNX parity failed (max |diff| {parity['max_abs_diff']:.2e}, "
-                               f"same predictions: {parity['same_predictions']}); see {run.root / 'export' / name / 'parity.json'}")
-        results[name] = parity
-    return results
+    return run_prune(cfg, run)
 
 
 @dataclass(frozen=True)
@@ -67,20 +34,22 @@ class Stage:
     name: str
     sections: tuple[str, ...]
     enabled: Callable[[ExperimentConfig], bool]
-    run: Callable[[ExperimentConfig, RunDir, Optional[dict]], dict]
+    run: Callable[[ExperimentConfig, RunDir], dict]
     num_cpus: float  # stages that drive a TorchTrainer only wait on it: a sliver, so its workers fit
 
 
 STAGES = (
     Stage("distill", ("distill",), lambda c: c.distill.enabled, _distill, 0.01),
     Stage("prune", ("prune",), lambda c: c.prune.mode != "none", _prune, 1.0),
-    Stage("export", ("export",), lambda c: c.export.onnx, _export, float(EXPORT_THREADS)),
+    Stage("export", ("export",), lambda c: c.export.onnx, run_export, float(EXPORT_THREADS)),
 )
 
 
-def _run_remote(name: str, cfg_json: dict, run_root: str, upstream: Optional[dict]) -> dict:
+def _run_remote(name: str, cfg_json: dict, run_root: str, after: Optional[dict]) -> dict:
+    """One stage in its Ray task; ``after`` (the previous stage's result) is passed only so that Ray
+    starts this task once that one has finished."""
     stage = next(s for s in STAGES if s.name == name)
-    return stage.run(ExperimentConfig.model_validate(cfg_json), RunDir(Path(run_root)), upstream)
+    return stage.run(ExperimentConfig.model_validate(cfg_json), RunDir(Path(run_root)))
 
 
 def run_stages(cfg: ExperimentConfig, run: RunDir, log: Callable[[str], Any] = print) -> dict[str, dict]:

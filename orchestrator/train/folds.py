@@ -1,9 +1,10 @@
-"""Fold preparation and one Ray Train TorchTrainer per fold.
+"""One Ray Train TorchTrainer per fold, and the fold's result once it has trained.
 
-The driver tokenizes once, puts each fold's ids in the object store and fits a TorchTrainer whose
-workers run ``trainables.ray_worker.train_fold_worker``. A fold's best model is copied from its
-last Ray checkpoint into ``folds/<k>/model``. Runs are named ``fold_<k>`` under the run's own
-storage path (no timestamps), so re-running resumes from the latest checkpoint.
+Each fold's TorchTrainer runs ``trainables.ray_worker.train_fold_worker`` on its workers. Its Ray
+run is named ``trial_<id>`` (a Tune trial; ``distill`` for the student) under the run's own storage
+path (no timestamps), so re-running resumes from the latest checkpoint. The best epoch is the
+loop's decision (history.json in the checkpoint); its model is copied once, from the last Ray
+checkpoint into the trial folder ``trials/<id>/model``.
 """
 from __future__ import annotations
 
@@ -17,12 +18,15 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from orchestrator.config import ConfigError, ExperimentConfig
+from orchestrator.data import Dataset, fold_plan, label_array, load_stop_words
 from orchestrator.rundir import RunDir, write_json
+from orchestrator.train.cluster import use_gpu
 from trainables.atomic import atomic_write_text
-from orchestrator.config import ExperimentConfig
-from orchestrator.data import Dataset, label_matrix
-from trainables.loop import FoldData
+from trainables.loop import FoldData, best_row
+from trainables.ray_worker import BEST_DIR, HISTORY_FILE, TRAIN_STATE, train_fold_worker
 from trainables.text.base import TextEncoder
+from trainables.text.encoders import build_text_encoder
 
 
 @dataclass
@@ -34,11 +38,6 @@ class FoldResult:
     train_time_s: float
 
 
-def label_array(labels: Sequence, num_classes: int, multilabel: bool) -> np.ndarray:
-    """Class ids [N] (multiclass) or multi-hot float rows [N, C] (multilabel)."""
-    return label_matrix(labels, num_classes) if multilabel else np.asarray(labels, dtype=np.int64)
-
-
 def fold_data(ids: list[list[int]], labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray,
               encoder: TextEncoder, num_classes: int, multilabel: bool) -> FoldData:
     return FoldData(
@@ -48,18 +47,19 @@ def fold_data(ids: list[list[int]], labels: np.ndarray, train_idx: np.ndarray, v
     )
 
 
+def prepare_folds(cfg: ExperimentConfig, dataset: Dataset) -> dict:
+    """Tokenize the train+val pool once; the fold plan, labels and encoder that every trial shares."""
+    stop_words = load_stop_words(cfg.data.stop_words) if cfg.data.stop_words else []
+    encoder = build_text_encoder(cfg.model, dataset.train.texts, stop_words)
+    pool, plan = fold_plan(dataset, cfg.cv.folds, cfg.seed)
+    return {"ids": encoder.encode(pool.texts), "labels": label_array(pool.labels, len(dataset.classes), dataset.multilabel),
+            "plan": plan, "encoder": encoder, "meta": model_meta(cfg, dataset)}
+
+
 def model_meta(cfg: ExperimentConfig, dataset: Dataset) -> dict:
     """What a model directory records besides weights: classes and how to read outputs."""
     return {"classes": dataset.classes, "multilabel": dataset.multilabel, "threshold": cfg.train.threshold,
             "experiment": cfg.name}
-
-
-def use_gpu(cfg: ExperimentConfig) -> bool:
-    import ray
-
-    if cfg.train.use_gpu == "auto":
-        return ray.cluster_resources().get("GPU", 0) > 0
-    return cfg.train.use_gpu == "yes"
 
 
 # Seconds between the Ray Train controller's polls of its workers (Ray's default: 2). A poll also
@@ -77,8 +77,6 @@ def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, fold: int, payload_r
     """A TorchTrainer for one fold, storing under the run's Ray storage as ``name`` (default ``fold_<k>``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
-
-    from trainables.ray_worker import train_fold_worker
 
     # read by TorchTrainer.fit() here and passed on to its controller actor (Ray Train V2 propagates
     # the RAY_TRAIN_* variables set in the process that fits)
@@ -115,46 +113,43 @@ def write_epoch_logs(folder: Path, history: list[dict], best: dict, hparams: dic
         writer.add_hparams(flat, {f"hparam/{k}": v for k, v in best.items() if k.startswith("val_")}, run_name=".")
 
 
-def collect_fold(result: Any, fold: int, folder: Path, metric: str, started: float, hparams: Optional[dict] = None) -> FoldResult:
+def collect_fold(result: Any, fold: int, folder: Path, started: float, hparams: Optional[dict] = None) -> FoldResult:
     """Copy the best model out of the fold's last Ray checkpoint into ``folder``/model and record
-    its history in ``folder``/history.json, metrics.csv and tensorboard/; ``metric`` is train.metric
-    (loss is minimised)."""
-    from trainables.ray_worker import BEST_DIR, load_train_state
-
+    its history in ``folder``/history.json, metrics.csv and tensorboard/."""
     if result.checkpoint is None:
         raise RuntimeError(f"fold {fold}: training reported no checkpoint")
     target = folder / "model"
     folder.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as ckpt:
-        history = load_train_state(ckpt)["fit_state"]["history"]
+        history = json.loads((Path(ckpt) / HISTORY_FILE).read_text())["history"]
         tmp = target.with_name(".model.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(Path(ckpt) / BEST_DIR, tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
-    pick = min if metric == "loss" else max
-    best = pick(history, key=lambda h: h[f"val_{metric}"])
-    elapsed = time.perf_counter() - started
-    write_epoch_logs(folder, history, best, hparams or {})
-    # history.json last: its presence marks the fold folder complete (a resumed Tune trial reuses it)
-    write_json(folder / "history.json", {"history": history, "best": best, "train_time_s": elapsed, "hparams": hparams or {}})
-    return FoldResult(fold, target, history, best, elapsed)
+    return record_fold(folder, fold, history, time.perf_counter() - started, hparams or {})
+
+
+def record_fold(folder: Path, fold: int, history: list[dict], elapsed: float, hparams: dict) -> FoldResult:
+    """metrics.csv, tensorboard/ and history.json (last: its presence marks the folder complete, and a
+    resumed Tune trial reuses it) of a fold whose model is in ``folder``/model."""
+    best = best_row(history)
+    write_epoch_logs(folder, history, best, hparams)
+    write_json(folder / "history.json", {"history": history, "best": best, "train_time_s": elapsed, "hparams": hparams})
+    return FoldResult(fold, folder / "model", history, best, elapsed)
 
 
 def fold_checkpoints(source: RunDir, folds: int) -> list[str]:
     """Latest Ray checkpoint (full training state) of each fold model of an earlier run, for
     incremental training: folds/<k> came from trial trials.json[best].trial_ids[k], whose
     TorchTrainer stored its checkpoints under ray/trial_<id>/."""
-    from orchestrator.config import ConfigError
-    from trainables.ray_worker import TRAIN_STATE
-
-    trials = json.loads((source.root / "trials.json").read_text())
+    trials = json.loads(source.trials_json.read_text())
     best = next(t for t in trials["trials"] if t["params"] == trials["best_config"])
     if len(best["trial_ids"]) != folds:
         raise ConfigError(f"--resume-from {source.root}: it has {len(best['trial_ids'])} fold(s), cv.folds is {folds}")
     found = []
     for trial_id in best["trial_ids"]:
-        states = sorted((source.ray_storage / f"trial_{trial_id}").glob(f"checkpoint_*/{TRAIN_STATE}"))
+        states = sorted(source.ray_run(f"trial_{trial_id}").glob(f"checkpoint_*/{TRAIN_STATE}"))
         if not states:
             raise ConfigError(f"--resume-from {source.root}: no training state left for trial {trial_id}")
         found.append(str(states[-1].parent))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import re
 import shutil
 import time
@@ -21,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.rundir import RunDir, write_json
 from orchestrator.config import ConfigError, ExperimentConfig, TuneConfig, with_overrides
-from orchestrator.train.folds import FoldResult, build_torch_trainer, collect_fold, load_fold_result
+from orchestrator.rundir import RunDir, write_json
+from orchestrator.train.cluster import check_fits, release_dead_drivers
+from orchestrator.train.folds import FoldResult, build_torch_trainer, collect_fold, fold_data, load_fold_result
 
 TRIAL_INDEX = "__trial_index__"
 TUNE_NAME = "tune"
@@ -112,32 +114,19 @@ def build_scheduler(cfg: ExperimentConfig):
     return ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs, grace_period=1, reduction_factor=2)
 
 
-def check_fits(cfg: ExperimentConfig) -> None:
-    """Fail fast where one fold's workers can never be placed: Ray would wait forever."""
-    import ray
-
-    need = cfg.train.num_workers * cfg.train.cpus_per_worker
-    nodes = [n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n["Alive"]]
-    have = sum(nodes)
-    if need > have:
-        raise ConfigError(f"train.cpus_per_worker: {cfg.train.num_workers} worker(s) x {cfg.train.cpus_per_worker} CPU "
-                          f"exceed the cluster's {have:g} CPUs; lower it (train.torch_threads sets threads apart)")
-
-
 def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> None:
-    """One Tune trial = one fold of one config: fit its TorchTrainer, keep its best model in trials/<id>/."""
+    """One Tune trial = one fold of one config: fit its TorchTrainer, keep its best model in trials/<id>/
+    (``run.trial_dir``)."""
     import ray
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
-
-    from orchestrator.train.folds import fold_data
 
     overrides = {k: v for k, v in config.items() if k != TRIAL_INDEX}
     cfg = with_overrides(ExperimentConfig.model_validate(base_cfg), overrides)
     fold = int(config.get(TRIAL_INDEX, 0))
     run = RunDir(Path(run_root))
     trial_id = tune.get_context().get_trial_id()
-    done = load_fold_result(run.root / "trials" / trial_id, fold)
+    done = load_fold_result(run.trial_dir(trial_id), fold)
     if done is not None:
         # Finished before the driver died, but after Tune's last experiment snapshot (taken every
         # >= 10 s), so the restored experiment runs this trial again: report the kept result.
@@ -152,63 +141,21 @@ def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> Non
     trainer = build_torch_trainer(cfg, run, fold, ray.put(payload), callbacks=[TuneReportCallback()],
                                   name=f"trial_{trial_id}", resume_from=resume_from)
     hparams = {f"{section}.{k}": v for section in ("model", "train") for k, v in getattr(cfg, section).model_dump(mode="json").items()}
-    result = collect_fold(trainer.fit(), fold, run.root / "trials" / trial_id, cfg.train.metric, started, hparams)
+    result = collect_fold(trainer.fit(), fold, run.trial_dir(trial_id), started, hparams)
     metric = cfg.tune.metric
     tune.report({metric: result.best[metric], "fold": fold, "best_epoch": result.best["epoch"],
                  "fold_train_time_s": result.train_time_s, "done": 1})
-
-
-def release_dead_drivers(run: RunDir, log=print) -> None:
-    """Record this driver in the manifest (train.drivers: Ray session + job id) and remove the
-    placement groups still held for earlier drivers of this run that died on this same cluster.
-
-    A driver killed while a fold's Ray Train controller is (re)requesting its worker group can leave
-    that group's placement group behind: the request reaches Ray after the dead job's cleanup, so
-    nothing ever removes it and its CPUs stay reserved. Only such groups are removed: created by a
-    dead earlier job of this run, not detached, and holding no live actor.
-    """
-    import ray
-    from ray.util import remove_placement_group
-    from ray.util.placement_group import PlacementGroup
-    from ray.util.state import list_actors, list_jobs, list_placement_groups
-
-    ctx = ray.get_runtime_context()
-    me = {"session": ctx.get_session_name(), "job": ctx.get_job_id()}
-    # job ids are per cluster session: drivers that ran on another cluster (or another start of it) are dropped
-    earlier = [d for d in run.stage("train").get("drivers", []) if d["session"] == me["session"] and d != me]
-    here = {d["job"] for d in earlier}
-    stale = []
-    if here:
-        try:
-            address = ctx.gcs_address  # explicit: the state API refuses to guess among several Rays on a host
-            status = {j.job_id: j.status for j in list_jobs(address=address, limit=10_000, raise_on_missing_output=False)}
-            dead = {j for j in here if status.get(j) in ("SUCCEEDED", "FAILED", "STOPPED")}  # a driver job not listed is not judged
-            used = {a.placement_group_id for a in list_actors(address=address, filters=[("state", "=", "ALIVE")], detail=True,
-                                                               limit=10_000, raise_on_missing_output=False)}
-            stale = [pg.placement_group_id for pg in list_placement_groups(address=address, detail=True, limit=10_000,
-                                                                           raise_on_missing_output=False)
-                     if pg.creator_job_id in dead and pg.state != "REMOVED" and not pg.is_detached
-                     and pg.placement_group_id not in used]
-        except Exception as exc:  # no dashboard on the cluster: nothing to check with
-            log(f"could not check for placement groups left by earlier drivers: {exc}")
-        else:
-            earlier = [d for d in earlier if d["job"] not in dead]
-        for pg_id in stale:
-            remove_placement_group(PlacementGroup(ray.PlacementGroupID.from_hex(pg_id)))
-        if stale:
-            log(f"removed {len(stale)} placement group(s) left by an earlier, killed driver of this run")
-    run.update("train", drivers=earlier + [me])
 
 
 @dataclass
 class TuneOutcome:
     best_config: dict
     trials: list[dict]          # one row per config: params, per-fold scores, mean, std, time
-    folds: list[FoldResult]     # the best config's fold results, copied to folds/<k>/
+    folds: list[FoldResult]     # the best config's fold results, linked as folds/<k>/
 
 
 def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = False, log=print) -> TuneOutcome:
-    """Run K folds x configs under Ray Tune; copy the best config's fold models to folds/<k>/model."""
+    """Run K folds x configs under Ray Tune; link the best config's fold folders as folds/<k>/."""
     from ray import tune
 
     check_fits(cfg)
@@ -219,7 +166,7 @@ def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = 
                              shared=shared),  # with_parameters puts it in the object store once
         TRIAL_RESOURCES,
     )
-    path = run.ray_storage / TUNE_NAME
+    path = run.ray_run(TUNE_NAME)
     if resume and tune.Tuner.can_restore(str(path)):
         log(f"resuming Tune experiment {path}")
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True, param_space=param_space or None)
@@ -265,24 +212,26 @@ def select_best(cfg: ExperimentConfig, run: RunDir, grid) -> TuneOutcome:
                      "trial_ids": [group["folds"][f]["trial_id"] for f in sorted(group["folds"])]})
     complete = [r for r in rows if r["folds_done"] == k]
     if not complete:
-        raise RuntimeError(f"tune: no config finished all {k} folds (see {run.ray_storage / TUNE_NAME})")
+        raise RuntimeError(f"tune: no config finished all {k} folds (see {run.ray_run(TUNE_NAME)})")
     sign = 1 if cfg.tune.mode == "max" else -1
     rows.sort(key=lambda r: (r["folds_done"] == k, sign * r["mean"]), reverse=True)
     best = rows[0]
-    write_json(run.root / "trials.json", {"metric": metric, "mode": cfg.tune.mode, "folds": k, "trials": rows,
+    write_json(run.trials_json, {"metric": metric, "mode": cfg.tune.mode, "folds": k, "trials": rows,
                                           "best_config": best["params"]})
     folds = [adopt_trial_model(run, fold, trial_id) for fold, trial_id in enumerate(best["trial_ids"])]
     return TuneOutcome(best["params"], rows, folds)
 
 
 def adopt_trial_model(run: RunDir, fold: int, trial_id: str) -> FoldResult:
-    """Copy trials/<id>/ (model + history) to folds/<fold>/."""
-    source, target = run.root / "trials" / trial_id, run.fold_dir(fold)
-    tmp = target.with_name(f".{fold}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(source, tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
+    """Make folds/<fold> point at trials/<id>/ (a relative link: the run directory stays movable)."""
+    target = run.fold_dir(fold)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{fold}.link")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(os.path.relpath(run.trial_dir(trial_id), target.parent), target_is_directory=True)
+    if target.is_dir() and not target.is_symlink():  # a fold folder of an older layout
+        shutil.rmtree(target)
+    os.replace(tmp, target)
     result = load_fold_result(target, fold)
     assert result is not None, f"trial {trial_id} left no model"
     return result

@@ -3,20 +3,19 @@
 Every model obeys one contract: ``model(input_ids=..., attention_mask=...) -> logits [B, C]`` and
 ``model.get_input_embeddings() -> nn.Embedding``. A model directory holds ``model.pt`` (state dict),
 ``model.json`` (kind, model options, classes; t5: the class names' token ids) and the text encoder,
-which is all ``load_model_dir`` needs. ``model_cfg`` is any object with the attributes of
-``orchestrator.config.ModelConfig``.
+which is all ``load_model_dir`` needs. ``model_cfg`` is a ``trainables.config.ModelConfig``.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
 
 from trainables.atomic import atomic_output, atomic_write_text
+from trainables.config import ModelConfig
 from trainables.models.pruned_shapes import restore_pruned_shapes
 from trainables.text.base import TextEncoder
 from trainables.text.encoders import load_text_encoder
@@ -26,7 +25,7 @@ META_FILE = "model.json"
 HF_CONFIG_DIR = "hf_config"
 
 
-def build_model(model_cfg: Any, num_classes: int, text_encoder: TextEncoder, hf_config: Any = None,
+def build_model(model_cfg: ModelConfig, num_classes: int, text_encoder: TextEncoder, hf_config: Any = None,
                 classes: Optional[Sequence[str]] = None) -> nn.Module:
     """A fresh model. hf/t5: pretrained weights unless ``hf_config`` is given (then random init from it).
     t5 needs ``classes``, the class names: they are its decoder targets."""
@@ -53,13 +52,13 @@ def build_model(model_cfg: Any, num_classes: int, text_encoder: TextEncoder, hf_
     raise ValueError(f"model.kind: {model_cfg.kind!r} has no classifier factory here")
 
 
-def save_model_dir(directory: str | Path, model: nn.Module, text_encoder: TextEncoder, model_cfg: Any, meta: dict,
+def save_model_dir(directory: str | Path, model: nn.Module, text_encoder: TextEncoder, model_cfg: ModelConfig, meta: dict,
                    state_dict: Optional[dict[str, torch.Tensor]] = None) -> None:
     """Write weights (``state_dict`` or the model's own), options and tokenizer so
     ``load_model_dir`` can rebuild the model offline."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    cfg = model_cfg.model_dump(mode="json") if hasattr(model_cfg, "model_dump") else dict(vars(model_cfg))
+    cfg = model_cfg.model_dump(mode="json")
     encoder = getattr(model, "encoder", None)
     if cfg["kind"] == "hf" and encoder is not None:
         encoder.config.save_pretrained(directory / HF_CONFIG_DIR)
@@ -79,7 +78,7 @@ def load_model_dir(directory: str | Path, device: Optional[str] = None) -> tuple
     directory = Path(directory)
     meta = json.loads((directory / META_FILE).read_text())
     # the state dict carries every weight: pretrained vectors need not be read again
-    model_cfg = SimpleNamespace(**{**meta["model"], "pretrained_vectors": None})
+    model_cfg = ModelConfig.model_validate({**meta["model"], "pretrained_vectors": None})
     text_encoder = load_text_encoder(directory)
     hf_config = None
     if model_cfg.kind in ("hf", "t5"):

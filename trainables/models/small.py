@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from trainables.config import ModelConfig
 from trainables.models.head import ClassifierHead
 from trainables.tricks.optim import init_weights
 
@@ -262,7 +263,7 @@ def load_vectors(embedding: nn.Embedding, path: str | Path, itos: list[str], ski
 ARCHS = {"fasttext": FastText, "textcnn": TextCNN, "textrnn": TextRNN, "textrcnn": TextRCNN, "transformer": Transformer}
 
 
-def _arch_options(model_cfg: Any, max_length: int) -> dict[str, Any]:
+def _arch_options(model_cfg: ModelConfig, max_length: int) -> dict[str, Any]:
     """The constructor arguments that differ between architectures."""
     if model_cfg.arch == "textcnn":
         return dict(num_filters=model_cfg.num_filters, kernel_sizes=model_cfg.kernel_sizes)
@@ -275,7 +276,7 @@ def _arch_options(model_cfg: Any, max_length: int) -> dict[str, Any]:
     return {}
 
 
-def build_small_model(model_cfg: Any, num_classes: int, text_encoder: Any) -> SmallClassifier:
+def build_small_model(model_cfg: ModelConfig, num_classes: int, text_encoder: Any) -> SmallClassifier:
     """A fresh ``model_cfg.arch`` classifier over ``text_encoder``'s vocabulary: weights initialised
     by ``model_cfg.init``, then rows of ``model_cfg.pretrained_vectors`` (if set) copied in."""
     if model_cfg.arch not in ARCHS:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
+from trainables.config import ModelConfig
 from trainables.pretrained import resolve_pretrained
 from trainables.text.base import ENCODER_FILE, TextEncoder
 from trainables.text.hf import HFTextEncoder
@@ -13,7 +14,7 @@ from trainables.text.t5 import T5TextEncoder
 from trainables.text.vocab import VocabTextEncoder
 
 
-def build_text_encoder(model_cfg: Any, train_texts: Sequence[str], stop_words: Sequence[str] = ()) -> TextEncoder:
+def build_text_encoder(model_cfg: ModelConfig, train_texts: Sequence[str], stop_words: Sequence[str] = ()) -> TextEncoder:
     """The tokenizer of a pretrained model, or a vocabulary built from the training texts."""
     if model_cfg.kind == "t5":
         return T5TextEncoder.from_pretrained(resolve_pretrained(model_cfg.name), model_cfg.max_length, model_cfg.prefix)

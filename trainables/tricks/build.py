@@ -1,6 +1,7 @@
 """The hooks a ``TrainConfig`` turns on, in the order the loop should call them."""
 from __future__ import annotations
 
+from trainables.config import TrainConfig
 from trainables.tricks.adversarial import AWP, FGM, PGD, FreeLB
 from trainables.tricks.averaging import WeightAveraging
 from trainables.hooks import Hook, HookList
@@ -8,7 +9,7 @@ from trainables.tricks.losses import RDrop
 from trainables.tricks.optim import NoisyTune
 
 
-def _adversarial(train_cfg) -> Hook:
+def _adversarial(train_cfg: TrainConfig) -> Hook:
     kind, eps, steps = train_cfg.adversarial, train_cfg.adv_epsilon, train_cfg.adv_steps
     if kind == "fgm":
         return FGM(eps)
@@ -21,7 +22,7 @@ def _adversarial(train_cfg) -> Hook:
     raise ValueError(f"train.adversarial: expected none, fgm, pgd, freelb or awp, got {kind!r}")
 
 
-def build_hooks(train_cfg, multilabel: bool) -> HookList:
+def build_hooks(train_cfg: TrainConfig, multilabel: bool) -> HookList:
     """NoisyTune first (it changes the weights before training reads them), then R-Drop
     (replaces the loss), adversarial (adds gradients after backward), weight averaging last
     (it averages the weights each optimizer step or epoch has produced)."""

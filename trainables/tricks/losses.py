@@ -11,6 +11,7 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from trainables.config import TrainConfig
 from trainables.hooks import Hook, TrainState
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -94,7 +95,7 @@ def zlpr_loss(logits, labels) -> torch.Tensor:
     return (neg + pos).mean()
 
 
-def build_loss(train_cfg, num_classes: int, multilabel: bool, class_counts: Optional[Sequence[int]] = None) -> LossFn:
+def build_loss(train_cfg: TrainConfig, num_classes: int, multilabel: bool, class_counts: Optional[Sequence[int]] = None) -> LossFn:
     """The loss ``fn(logits [B,C], labels) -> scalar`` chosen by ``train_cfg.loss``."""
     kind = train_cfg.loss
     if multilabel != (kind in MULTILABEL_LOSSES):

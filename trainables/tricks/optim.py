@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from trainables.config import TrainConfig
 from trainables.hooks import Hook, TrainState
 
 HEAD_PREFIX = "head."
@@ -36,7 +37,7 @@ def param_groups(model: nn.Module, lr: float, head_lr: float | None, weight_deca
     ]
 
 
-def build_optimizer(model: nn.Module, train_cfg) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, train_cfg: TrainConfig) -> torch.optim.Optimizer:
     """adamw / adam / sgd (momentum 0.9) / adafactor over ``param_groups``.
 
     adam and sgd apply weight decay as an L2 term (their torch meaning); adamw and adafactor
@@ -58,7 +59,7 @@ def build_optimizer(model: nn.Module, train_cfg) -> torch.optim.Optimizer:
     raise ValueError(f"train.optimizer: expected adamw, adam, sgd or adafactor, got {name!r}")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: TrainConfig, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
     """Linear warmup over ``round(warmup_ratio * total_steps)`` optimizer steps, then linear
     decay to 0, cosine decay to 0, or constant. Call ``step()`` after every optimizer step.
 
