@@ -79,17 +79,6 @@ def comparison(figure: float, baseline: float, unit: str, target: Optional[str] 
     return c
 
 
-def scratch_copy(run: RunDir, fold: int, root: Path) -> RunDir:
-    """A run directory under ``root`` whose only fold (0) is ``run``'s fold ``fold``: its manifest
-    copied, its data and fold linked. Stages write their outputs there, not into ``run``."""
-    root.mkdir(parents=True)
-    shutil.copy(run.manifest_path, root / "manifest.json")
-    (root / "data").symlink_to((run.root / "data").resolve())
-    (root / "folds").mkdir()
-    (root / "folds" / "0").symlink_to(run.fold_dir(fold).resolve())
-    return RunDir(root)
-
-
 def distill_student(scratch: RunDir, epochs: int) -> tuple[Path, dict]:
     """The cross-distilled TextCNN of the distill stage, taught by fold 0 alone."""
     from orchestrator.stages.distill import run_distill
@@ -101,7 +90,7 @@ def distill_student(scratch: RunDir, epochs: int) -> tuple[Path, dict]:
     cfg = with_overrides(scratch.config(), {"distill.enabled": True, "distill.mode": "cross", "distill.teacher": "fold:0",
                                             "distill.student": STUDENT, "distill.train": train})
     report = run_distill(cfg, scratch)
-    return scratch.root / "distill" / "model", report
+    return scratch.stage_model_dir("distill"), report
 
 
 def prune(cfg: ExperimentConfig, run: RunDir, mode: str) -> tuple[Path, dict]:
@@ -109,7 +98,7 @@ def prune(cfg: ExperimentConfig, run: RunDir, mode: str) -> tuple[Path, dict]:
     from orchestrator.stages.prune import run_prune
 
     report = run_prune(with_overrides(cfg, {"prune.mode": mode}), run)
-    return run.root / "prune" / "model", report
+    return run.stage_model_dir("prune"), report
 
 
 def example1_minilm(teacher_cfg: ExperimentConfig, root: Path, rows: int, epochs: int) -> RunDir:
@@ -182,7 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     started = time.perf_counter()
     work = Path(tempfile.mkdtemp(prefix="compress-")) if args.keep is None else args.keep
     try:
-        scratch = scratch_copy(run, args.fold, work / "teacher")
+        scratch = run.fold_view(args.fold, work / "teacher")
         teacher_dir = scratch.model_dir(0)
         texts, gold = evaluation_data(scratch)
         sample = cycled(texts, args.n)
@@ -237,7 +226,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         comparisons[f"{mode}_pruned_vs_full_macro_f1"] = comparison(after["macro_f1"], before["macro_f1"], "macro-F1",
                                                                    f"{mode}_pruned_vs_full_macro_f1")
 
-    split = "test" if (run.root / "data" / "test.jsonl").is_file() else "val"
+    split = run.evaluation_split_name
     result = {
         "what": (f"{run.root.name} fold {args.fold} MiniLM teacher on its {split} split ({len(texts)} texts; speed: "
                  f"{args.n} texts, batch {'/'.join(map(str, args.batch_sizes))}, {args.threads} thread(s), best of "

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import ROOT, write_result
+from orchestrator.rundir import RunDir
+from orchestrator.train.tune import TUNE_NAME
 
 TARGET = 1.15
 
@@ -39,7 +41,7 @@ TARGET = 1.15
 def trial_spans(run_root: Path) -> list[tuple[float, float]]:
     """(start, end) wall-clock seconds of every trial, from Tune's last result row of each."""
     spans = []
-    for path in (run_root / "ray" / "tune").glob("*/result.json"):
+    for path in RunDir(run_root).ray_run(TUNE_NAME).glob("*/result.json"):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if rows:
             last = rows[-1]

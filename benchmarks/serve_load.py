@@ -11,7 +11,6 @@ seconds of load; requests left unsent are reported and fail the run (exit 1, aft
 from __future__ import annotations
 
 import argparse
-import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,11 +30,9 @@ def load_texts(run: RunDir, path: Optional[str]) -> list[str]:
     """Lines of ``path``, else the texts of the run's saved test (or val) split."""
     if path:
         return [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    for split in ("test", "val"):
-        saved = run.root / "data" / f"{split}.jsonl"
-        if saved.is_file():
-            return [json.loads(line)["text"] for line in saved.read_text(encoding="utf-8").splitlines() if line.strip()]
-    raise SystemExit(f"{run.root}: no data/test.jsonl or data/val.jsonl; pass --texts FILE")
+    if not (run.has_split("test") or run.has_split("val")):
+        raise SystemExit(f"{run.root}: no data/test.jsonl or data/val.jsonl; pass --texts FILE")
+    return run.evaluation_split().texts
 
 
 def offline_texts_per_s(run: RunDir, backend: str, texts: list[str], batch_size: int) -> tuple[float, list]:

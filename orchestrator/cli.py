@@ -87,6 +87,7 @@ def cmd_run(args) -> int:
 def cmd_test(args) -> int:
     from orchestrator.evaluate.ensemble import Ensemble
     from orchestrator.evaluate.evaluation import evaluate_split
+    from orchestrator.evaluate.measure import Artifact, fold_logits
     from orchestrator.report.test_report import print_report
 
     run = RunDir.open(args.run)
@@ -94,11 +95,12 @@ def cmd_test(args) -> int:
     if args.file:
         from orchestrator.data import read_labelled_file
 
-        split = read_labelled_file(run.config().data, args.file, ensemble.classes)
-    else:
+        split, logits = read_labelled_file(run.config().data, args.file, ensemble.classes), None
+    else:  # the evaluation split: the run's own measurements of its fold models
         split = run.evaluation_split()
+        logits = fold_logits(run, Artifact("ensemble", "torch", tuple(run.fold_model_dirs())))
     out = Path(args.out) if args.out else run.test_dir
-    metrics = evaluate_split(run, ensemble, split, ensemble.classes, ensemble.multilabel, out_dir=out)
+    metrics = evaluate_split(run, ensemble, split, ensemble.classes, ensemble.multilabel, out_dir=out, logits=logits)
     print_report(metrics, metrics["per_class"], console=console)
     console.print(f"report written to {out}/")
     return 0

@@ -197,6 +197,17 @@ class RunDir:
         })
         return run
 
+    def fold_view(self, fold: int, root: Path) -> "RunDir":
+        """A run directory at ``root`` whose only fold (0) is this run's fold ``fold``: the manifest
+        copied, the data and the fold linked. Stages run on it write there, not here."""
+        root.mkdir(parents=True)
+        shutil.copy(self.manifest_path, root / MANIFEST)
+        (root / "data").symlink_to(self.split_path("train").parent.resolve())
+        view = RunDir(root)
+        view.fold_dir(0).parent.mkdir()
+        view.fold_dir(0).symlink_to(self.fold_dir(fold).resolve())
+        return view
+
     @classmethod
     def open(cls, path: str | Path) -> "RunDir":
         run = cls(Path(path))

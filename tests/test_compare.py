@@ -1,4 +1,4 @@
-"""The measuring helpers of orchestrator/compare.py that the stage comparison and benchmarks/compress.py
+"""The measuring helpers of orchestrator/evaluate/measure.py that the stage comparison and benchmarks/compress.py
 share: timed passes taken in turns, cycled samples, scores of torch and ONNX Runtime models."""
 from __future__ import annotations
 

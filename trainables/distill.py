@@ -1,6 +1,6 @@
 """Knowledge distillation: teacher logits -> any student through the training loop
 (``TeacherDistillation``), TextBrewer layer-to-layer distillation of an HF classifier into a
-shallower copy of itself (``self_distill``), and size/speed measures to compare the two models.
+shallower copy of itself (``self_distill``). Measuring either is orchestrator/evaluate/measure.py's job.
 
 Plain PyTorch + TextBrewer: no Ray, no orchestrator. Both modes use ``losses.distill_loss`` for the
 soft loss, so ``kind``, ``temperature`` and ``alpha`` mean the same thing in either.
@@ -10,10 +10,8 @@ from __future__ import annotations
 import copy
 import re
 import tempfile
-import time
 from collections import defaultdict
 from functools import partial
-from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -22,7 +20,6 @@ from torch import nn
 
 from trainables.config import TrainConfig
 from trainables.hooks import Hook, TrainState
-from trainables.inference import predict_logits
 from trainables.loop import FoldData, Trainer, epoch_batches
 from trainables.tricks.losses import build_loss, distill_loss
 from trainables.models.hf import HFClassifier, eager_attention
@@ -258,28 +255,3 @@ def self_distill(teacher: HFClassifier, student_layers: Sequence[int], data: Fol
                         scheduler_args={}, max_grad_norm=train_cfg.grad_clip or -1.0, callback=on_epoch)
     student.load_state_dict(evaluator.best_weights)
     return student.eval(), history
-
-
-# ---- measures ------------------------------------------------------------------------------------
-
-def count_parameters(models: nn.Module | Sequence[nn.Module]) -> int:
-    """Parameters of a model, or of all models of an ensemble."""
-    models = [models] if isinstance(models, nn.Module) else models
-    return sum(p.numel() for m in models for p in m.parameters())
-
-
-def size_on_disk_mb(*directories: str | Path) -> float:
-    """Bytes of every file under the directories (weights, tokenizer, options), in MiB."""
-    return sum(f.stat().st_size for d in directories for f in Path(d).rglob("*") if f.is_file()) / 2**20
-
-
-def timed_logits(models: nn.Module | Sequence[nn.Module], ids: Sequence[Sequence[int]], pad_id: int,
-                 batch_size: int = 64, device: str | torch.device = "cpu") -> tuple[np.ndarray, float]:
-    """([K, N, C] logits of each model, texts/s through all of them) with ``predict_logits`` on token
-    ids, so tokenization is not timed; one warm-up batch per model first (allocations, lazy init)."""
-    models = [models] if isinstance(models, nn.Module) else list(models)
-    for model in models:
-        predict_logits(model, ids[:batch_size], pad_id, batch_size, device)
-    started = time.perf_counter()
-    logits = np.stack([predict_logits(m, ids, pad_id, batch_size, device) for m in models])
-    return logits, len(ids) / max(time.perf_counter() - started, 1e-9)

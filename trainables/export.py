@@ -24,6 +24,7 @@ from trainables.atomic import atomic_output
 from trainables.inference import predict_logits
 from trainables.metrics import predict_labels, probabilities
 from trainables.models import META_FILE, load_model_dir
+from trainables.models.pruned_shapes import LAYOUT_KEY
 from trainables.text.base import TextEncoder
 from trainables.text.encoders import load_text_encoder
 
@@ -48,7 +49,6 @@ INT8_OPS = ["MatMul", "Attention"]
 # Exported with eager attention, whose pattern the fusion knows (sdpa's it does not). Not for
 # transformer-pruned encoders: their layers have their own head counts, the fusion takes one.
 FUSED_MODEL_TYPES = ("bert",)
-PRUNED_LAYOUT_KEY = "pruned_layout"  # trainables.prune.LAYOUT_KEY (not imported: it pulls in TextPruner)
 
 
 class ExportError(RuntimeError):
@@ -106,7 +106,7 @@ def _check_export(model: nn.Module, path: Path) -> None:
 def fusable(model: nn.Module) -> bool:
     """Whether ``export_onnx`` fuses the model's graph (see ``FUSED_MODEL_TYPES``)."""
     config = getattr(getattr(model, "encoder", None), "config", None)
-    return model_type(model) in FUSED_MODEL_TYPES and not getattr(config, PRUNED_LAYOUT_KEY, None)
+    return model_type(model) in FUSED_MODEL_TYPES and not getattr(config, LAYOUT_KEY, None)
 
 
 def fuse_graph(path: Path, model: nn.Module) -> None:

@@ -8,7 +8,7 @@ and gradient accumulation stay in one place.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 import torch
@@ -27,7 +27,6 @@ class TrainState:
     grad_accum: int = 1
     step: int = 0
     epoch: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of a batch under autocast."""

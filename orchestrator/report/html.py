@@ -2,7 +2,7 @@
 
 Sections: the run at a glance, learning curves per fold (folds/<k>/history.json), the test report
 (the confusion matrix test/ already drew, per-class F1 bars from test/per_class.csv), the trials
-table (trials.json) and the stage comparison (orchestrator/compare.py). Plots are PNG files in
+table (trials.json) and the stage comparison (orchestrator/report/compare.py). Plots are PNG files in
 run/report_files/, referenced by relative path, so the folder can be copied or served as is.
 """
 from __future__ import annotations

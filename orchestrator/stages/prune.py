@@ -2,7 +2,7 @@
 else fold 0's) -> ``run/prune/model`` (a normal model directory) and ``run/prune/report.json``
 (before/after: orchestrator/evaluate/measure.py's figures on the evaluation split, and the settings).
 
-It runs inside a Ray task (orchestrator/stages.py), so it returns its result and leaves
+It runs inside a Ray task (orchestrator/stages/runner.py), so it returns its result and leaves
 manifest.json to the driver.
 """
 from __future__ import annotations

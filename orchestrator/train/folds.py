@@ -72,9 +72,9 @@ HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 HEALTH_CHECK_INTERVAL_S = 0.25
 
 
-def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, fold: int, payload_ref: Any, callbacks: Sequence = (),
-                        name: Optional[str] = None, resume_from: Optional[str] = None):
-    """A TorchTrainer for one fold, storing under the run's Ray storage as ``name`` (default ``fold_<k>``)."""
+def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, name: str, payload_ref: Any, callbacks: Sequence = (),
+                        resume_from: Optional[str] = None):
+    """A TorchTrainer for one fold, stored as the Ray run ``name`` (``run.ray_run(name)``)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -90,7 +90,7 @@ def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, fold: int, payload_r
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if gpu else {})}),
         run_config=RunConfig(
-            name=name or f"fold_{fold}", storage_path=str(run.ray_storage), callbacks=list(callbacks),
+            name=name, storage_path=str(run.ray_storage), callbacks=list(callbacks),
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=2),
         ),

@@ -138,8 +138,8 @@ def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> Non
     payload = {"data": data, "text_encoder": shared["encoder"], "meta": shared["meta"]}
     started = time.perf_counter()
     resume_from = shared["resume_from"][fold] if shared.get("resume_from") else None
-    trainer = build_torch_trainer(cfg, run, fold, ray.put(payload), callbacks=[TuneReportCallback()],
-                                  name=f"trial_{trial_id}", resume_from=resume_from)
+    trainer = build_torch_trainer(cfg, run, f"trial_{trial_id}", ray.put(payload), callbacks=[TuneReportCallback()],
+                                  resume_from=resume_from)
     hparams = {f"{section}.{k}": v for section in ("model", "train") for k, v in getattr(cfg, section).model_dump(mode="json").items()}
     result = collect_fold(trainer.fit(), fold, run.trial_dir(trial_id), started, hparams)
     metric = cfg.tune.metric

@@ -1,6 +1,6 @@
 """Training losses, class weights, the symmetric KL of R-Drop, and distillation losses.
 
-Nothing here imports the orchestrator: ``build_loss`` reads any object with the ``TrainConfig``
+Nothing here imports the orchestrator: ``build_loss`` reads the ``TrainConfig``
 loss fields (loss, focal_gamma, poly_epsilon, class_weights, label_smoothing).
 """
 from __future__ import annotations

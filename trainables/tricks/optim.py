@@ -1,6 +1,6 @@
 """Optimizer, learning-rate schedule and weight initialisation, plus NoisyTune.
 
-``build_optimizer``/``build_scheduler`` read any object with the ``TrainConfig`` fields
+``build_optimizer``/``build_scheduler`` read a ``trainables.config.TrainConfig``:
 optimizer, lr, head_lr, weight_decay, schedule, warmup_ratio (and noisytune for NoisyTune).
 """
 from __future__ import annotations
