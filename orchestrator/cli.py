@@ -50,7 +50,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("run", help="run directory")
     serve.add_argument("--host", help="bind address (default: the run's serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default: the run's serve.port)")
-    serve.add_argument("--token", help="bearer token required by /predict and /info (default: the run's serve.token)")
+    serve.add_argument("--token", help="bearer token required by /predict and /info (default: $ORCHESTRATOR_SERVE_TOKEN, "
+                                        "else the run's serve.token_file)")
+    serve.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
     serve.add_argument("--onnx", action="store_true", help="run the ONNX exports (export/fold_<k>/) instead of the torch models")
     serve.add_argument("--replicas", type=int, help="deployment replicas (default: the run's serve.replicas)")
 
@@ -59,6 +61,10 @@ def _parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="print the resolved config and model size")
     info.add_argument("config", help="experiment YAML file")
+
+    check = sub.add_parser("check", help="validate an experiment (data, config, search space, model names) without running it")
+    check.add_argument("config", help="experiment YAML file")
+    check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (as for run)")
     return parser
 
 
@@ -162,8 +168,11 @@ def cmd_serve(args) -> int:
     from orchestrator.train.cluster import init_ray
 
     run = RunDir.open(args.run)
-    flags = {f"serve.{k}": getattr(args, k) for k in ("host", "port", "token", "replicas") if getattr(args, k) is not None}
-    cfg = with_overrides(run.config(), flags).serve  # validated like the YAML (port range, replicas >= 1)
+    flags = {f"serve.{k}": getattr(args, k) for k in ("host", "port", "replicas") if getattr(args, k) is not None}
+    if args.insecure:
+        flags["serve.insecure"] = True
+    cfg = with_overrides(run.config(), flags).serve.with_token(args.token)  # validated like the YAML (port range, replicas >= 1)
+    cfg.check_exposure()
     init_ray()
     serve_until_interrupted(run, cfg, onnx=args.onnx, log=console.print)
     return 0
@@ -181,6 +190,16 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_check(args) -> int:
+    from orchestrator.validate import validate
+
+    cfg = load_config(args.config, _overrides(args.set))
+    dataset = validate(cfg)
+    sizes = ", ".join(f"{name} {len(split.texts)}" for name in ("train", "val", "test") if (split := getattr(dataset, name)))
+    console.print(f"{args.config}: ok ({len(dataset.classes)} classes; {sizes} rows)")
+    return 0
+
+
 def cmd_info(args) -> int:
     from orchestrator.modelinfo import model_info
 
@@ -191,7 +210,8 @@ def cmd_info(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "test": cmd_test, "predict": cmd_predict, "serve": cmd_serve, "report": cmd_report, "info": cmd_info}
+COMMANDS = {"run": cmd_run, "test": cmd_test, "predict": cmd_predict, "serve": cmd_serve, "report": cmd_report, "info": cmd_info,
+            "check": cmd_check}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -99,6 +100,20 @@ class ExportConfig(Section):
     int8: bool = Field(False, description="Also write a dynamically quantized int8 ONNX model.")
 
 
+TOKEN_ENV = "ORCHESTRATOR_SERVE_TOKEN"
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class ServeConfig(Section):
     enabled: bool = Field(False, description="Deploy the model on Ray Serve at the end of run.")
     host: str = Field("127.0.0.1", description="HTTP bind address.")
@@ -106,7 +121,28 @@ class ServeConfig(Section):
     max_batch_size: int = Field(32, ge=1, description="@serve.batch: largest batch.")
     batch_wait_timeout_s: float = Field(0.01, ge=0, description="@serve.batch: wait for a batch to fill.")
     replicas: int = Field(1, ge=1, description="Deployment replicas.")
-    token: Optional[str] = Field(None, description="Bearer token required by /predict and /info (null = open).")
+    token: Optional[str] = Field(None, exclude=True, repr=False, description="Bearer token required by /predict and /info: never read from the YAML nor written anywhere; it comes from --token, $ORCHESTRATOR_SERVE_TOKEN or token_file.")
+    token_file: Optional[str] = Field(None, description="File holding the bearer token (relative to the YAML file); used when neither --token nor $ORCHESTRATOR_SERVE_TOKEN is given.")
+    insecure: bool = Field(False, description="Allow serving on a non-loopback host without a token.")
+
+    def with_token(self, flag: Optional[str] = None) -> "ServeConfig":
+        """A copy holding the token: ``flag`` (--token), else $ORCHESTRATOR_SERVE_TOKEN, else token_file's contents."""
+        token = flag or os.environ.get(TOKEN_ENV) or None
+        if token is None and self.token_file:
+            path = Path(self.token_file)
+            if not path.is_file():
+                raise ConfigError(f"serve.token_file: {path}: no such file")
+            token = path.read_text(encoding="utf-8").strip() or None
+            if token is None:
+                raise ConfigError(f"serve.token_file: {path} is empty")
+        return self.model_copy(update={"token": token})
+
+    def check_exposure(self) -> None:
+        """Refuse an open service (no token: call it on ``with_token()``'s copy) on a non-loopback host
+        unless ``insecure``."""
+        if not (self.insecure or self.token or _loopback(self.host)):
+            raise ConfigError(f"serve.host: {self.host} is reachable from other machines and no token is set; pass "
+                              f"--token, set ${TOKEN_ENV} or serve.token_file, or --insecure to serve it open")
 
 
 class ExperimentConfig(Section):
@@ -214,12 +250,18 @@ def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) ->
         raise ConfigError(f"{path}: malformed YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
     for dotted, value in (overrides or {}).items():
         set_path(raw if isinstance(raw, dict) else {}, dotted, value)
+    serve = raw.get("serve") if isinstance(raw, dict) else None
+    if isinstance(serve, dict) and serve.get("token") is not None:
+        raise ConfigError(f"{path}: serve.token: a token in the experiment would be stored with the run; pass --token, "
+                          f"set ${TOKEN_ENV}, or name a file holding it in serve.token_file")
     cfg = parse_config(raw, str(path))
     base = path.resolve().parent
     for key in ("train", "val", "test", "classes_map", "stop_words"):
         value = getattr(cfg.data, key)
         if value is not None and not Path(value).is_absolute():
             setattr(cfg.data, key, str(base / value))
+    if cfg.serve.token_file and not Path(cfg.serve.token_file).is_absolute():
+        cfg.serve.token_file = str(base / cfg.serve.token_file)
     if cfg.model.pretrained_vectors and not Path(cfg.model.pretrained_vectors).is_absolute():
         cfg.model.pretrained_vectors = str(base / cfg.model.pretrained_vectors)
     return cfg

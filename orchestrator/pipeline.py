@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from orchestrator.config import ExperimentConfig
-from orchestrator.data import load_dataset
 from orchestrator.evaluate.evaluation import evaluate_run
 from orchestrator.report.compare import stage_comparison
 from orchestrator.report.html import write_html_report
 from orchestrator.rundir import SPLITS, RunDir
 from orchestrator.stages.runner import run_stages
-from orchestrator.train.cluster import init_ray
+from orchestrator.train.cluster import check_fits, init_ray
 from orchestrator.train.folds import FoldResult, fold_checkpoints, load_fold_result, prepare_folds
 from orchestrator.train.tune import config_count, tune_folds
+from orchestrator.validate import validate
 
 
 @dataclass
@@ -39,7 +39,8 @@ class RunSummary:
 def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False,
                    address: Optional[str] = None, log=print, resume_from: Optional[str] = None,
                    on_done: Optional[Callable[[RunSummary], object]] = None) -> RunSummary:
-    """Run every step of the experiment; raises DataError/ConfigError/RunDirError before writing anything.
+    """Run every step of the experiment; raises DataError/ConfigError/RunDirError before writing anything
+    (``validate``, then whether the cluster can place a fold, then the run directory).
 
     With ``resume``, training and evaluation whose key is unchanged are reused, an interrupted Tune
     experiment continues, and the post-training stages rerun only where their config changed.
@@ -48,8 +49,10 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool 
     ``on_done`` sees the summary once the report is written, before serving (``serve.enabled``)
     blocks until Ctrl-C.
     """
-    dataset = load_dataset(cfg.data, cfg.seed)
+    dataset = validate(cfg)
     checkpoints = fold_checkpoints(RunDir.open(resume_from), cfg.cv.folds) if resume_from else None
+    init_ray(address)
+    check_fits(cfg)
     run = RunDir.create(cfg, resume=resume, overwrite=overwrite)
     run.update("data", "done", classes=dataset.classes, multilabel=dataset.multilabel,
                sizes={"train": len(dataset.train.texts), "val": len(dataset.val.texts),
@@ -58,7 +61,6 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool 
         split = getattr(dataset, name)
         if split is not None:
             run.save_split(name, split, dataset.classes, dataset.multilabel)
-    init_ray(address)
 
     key = cfg.train_key()
     cached = resume and run.stage("train").get("key") == key and run.stage("train").get("status") == "done"
@@ -92,5 +94,5 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool 
     if cfg.serve.enabled:
         from orchestrator.serve.deployment import serve_until_interrupted
 
-        serve_until_interrupted(run, cfg.serve, onnx=False, log=log)
+        serve_until_interrupted(run, cfg.serve.with_token(), onnx=False, log=log)
     return summary

@@ -24,7 +24,7 @@ import numpy as np
 
 from orchestrator.config import ConfigError, ExperimentConfig, TuneConfig, with_overrides
 from orchestrator.rundir import RunDir, write_json
-from orchestrator.train.cluster import check_fits, release_dead_drivers
+from orchestrator.train.cluster import release_dead_drivers
 from orchestrator.train.folds import FoldResult, build_torch_trainer, collect_fold, fold_data, load_fold_result
 
 TRIAL_INDEX = "__trial_index__"
@@ -51,7 +51,10 @@ def parse_distribution(key: str, spec: str):
     if name in ("choice", "grid"):
         options = list(values[0]) if len(values) == 1 and isinstance(values[0], (list, tuple)) else list(values)
         return tune.choice(options)
-    return getattr(tune, name)(*values)
+    try:
+        return getattr(tune, name)(*values)
+    except (TypeError, ValueError) as exc:  # wrong number or kind of arguments, e.g. loguniform(1e-5)
+        raise ConfigError(f"tune.search.{key}: {spec!r}: {exc}") from None
 
 
 def search_space(tune_cfg: TuneConfig, base: ExperimentConfig) -> dict[str, Any]:
@@ -158,7 +161,6 @@ def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = 
     """Run K folds x configs under Ray Tune; link the best config's fold folders as folds/<k>/."""
     from ray import tune
 
-    check_fits(cfg)
     release_dead_drivers(run, log)
     search_alg, param_space, num_samples = build_search(cfg)
     trainable = tune.with_resources(

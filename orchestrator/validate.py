@@ -1,0 +1,76 @@
+"""Everything about an experiment that can be checked before anything is written: the data (and its
+classes), the fold plan, the search space and scheduler, the distill student's options and every
+pretrained model name. ``run``, ``info`` and ``check`` share it; it raises ConfigError or DataError
+with one line naming the file or key."""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from orchestrator.config import ConfigError, ExperimentConfig
+from orchestrator.data import Dataset, fold_plan, load_dataset
+from orchestrator.stages.distill import student_config
+from orchestrator.train.tune import build_scheduler, build_search
+from trainables.config import ModelConfig
+from trainables.pretrained import BUILTIN_ALIASES, resolve_pretrained
+
+
+def validate(cfg: ExperimentConfig) -> Dataset:
+    """The experiment's data, once every check has passed."""
+    dataset = load_dataset(cfg.data, cfg.seed)
+    fold_plan(dataset, cfg.cv.folds, cfg.seed)  # K stratified folds need K rows of every class
+    build_search(cfg)
+    build_scheduler(cfg)
+    check_model_name(cfg.model, "model")
+    if cfg.distill.enabled:
+        student_config(cfg)
+        check_model_name(cfg.distill.student, "distill.student")
+    if cfg.serve.enabled:
+        cfg.serve.with_token().check_exposure()
+    return dataset
+
+
+def check_model_name(model: ModelConfig, key: str) -> None:
+    """An hf/t5 ``model.name`` is a built-in alias, a local model folder, or a hub id that can be
+    loaded now (cached, or reachable): fail fast, naming what was tried."""
+    if model.kind not in ("hf", "t5"):
+        return
+    try:
+        path = resolve_pretrained(model.name)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{key}.name: {exc}".replace("model.name: ", "")) from None
+    if Path(path).is_dir():
+        if not (Path(path) / "config.json").is_file():
+            raise ConfigError(f"{key}.name: {path} is a folder without config.json (not a transformers model folder)")
+        return
+    tried = f"not a built-in alias ({', '.join(sorted(BUILTIN_ALIASES))}), not a local folder"
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(path, local_files_only=True)
+        return
+    except (OSError, ValueError):
+        pass
+    if not _hub_reachable():
+        raise ConfigError(f"{key}.name: {model.name!r} is {tried}, not in the local Hugging Face cache, and the hub "
+                          "cannot be reached (offline)")
+    try:
+        AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{key}.name: {model.name!r} is {tried}, and the hub has no such model "
+                          f"({str(exc).splitlines()[0][:160]})") from None
+
+
+def _hub_reachable() -> bool:
+    """Whether the Hugging Face hub's host resolves (a quick answer where no network is: no retries)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return False
+    try:
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+    except OSError:
+        return False
+    return True
