@@ -16,8 +16,9 @@ from orchestrator.rundir import RunDir, RunDirError
 from orchestrator.serve.client import ClientError
 from orchestrator.config import ConfigError, load_config
 from orchestrator.data import DataError
+from orchestrator.train.errors import TrainingError
 
-USER_ERRORS = (ConfigError, DataError, RunDirError, ClientError)
+USER_ERRORS = (ConfigError, DataError, RunDirError, ClientError, TrainingError)
 console = Console(stderr=False, highlight=False)
 
 
@@ -214,12 +215,18 @@ COMMANDS = {"run": cmd_run, "test": cmd_test, "predict": cmd_predict, "serve": c
             "check": cmd_check}
 
 
+def one_line(text: str) -> str:
+    """``text`` with line breaks and other unprintable characters escaped (a key or value from the
+    input may hold them), so an error is always one line."""
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode() for ch in text)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except USER_ERRORS as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

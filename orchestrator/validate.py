@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 from orchestrator.config import ConfigError, ExperimentConfig
 from orchestrator.data import Dataset, fold_plan, load_dataset
 from orchestrator.stages.distill import student_config
-from orchestrator.train.tune import build_scheduler, build_search
+from orchestrator.train.tune import build_scheduler, search_space
 from trainables.config import ModelConfig
 from trainables.pretrained import BUILTIN_ALIASES, resolve_pretrained
 
@@ -21,12 +21,13 @@ def validate(cfg: ExperimentConfig) -> Dataset:
     """The experiment's data, once every check has passed."""
     dataset = load_dataset(cfg.data, cfg.seed)
     fold_plan(dataset, cfg.cv.folds, cfg.seed)  # K stratified folds need K rows of every class
-    build_search(cfg)
+    search_space(cfg.tune, cfg)
     build_scheduler(cfg)
-    check_model_name(cfg.model, "model")
+    for key, model in (("model", cfg.model), *((("distill.student", cfg.distill.student),) if cfg.distill.enabled else ())):
+        check_model_name(model, key)
+        check_vectors(model, key)
     if cfg.distill.enabled:
         student_config(cfg)
-        check_model_name(cfg.distill.student, "distill.student")
     if cfg.serve.enabled:
         cfg.serve.with_token().check_exposure()
     return dataset
@@ -61,6 +62,26 @@ def check_model_name(model: ModelConfig, key: str) -> None:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{key}.name: {model.name!r} is {tried}, and the hub has no such model "
                           f"({str(exc).splitlines()[0][:160]})") from None
+
+
+def check_vectors(model: ModelConfig, key: str) -> None:
+    """A small model's ``pretrained_vectors`` file exists and its vectors have ``embedding_dim`` values
+    (read from its first line only: the file may be large)."""
+    if model.kind != "small" or not model.pretrained_vectors:
+        return
+    path = Path(model.pretrained_vectors)
+    if not path.is_file():
+        raise ConfigError(f"{key}.pretrained_vectors: {path}: no such file")
+    try:
+        with path.open(encoding="utf-8") as f:
+            first = next((line.rstrip() for line in f if line.strip()), "")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{key}.pretrained_vectors: {path} is not UTF-8 text") from None
+    fields = first.split(" ")
+    dim = int(fields[1]) if len(fields) == 2 and all(s.isdigit() for s in fields) else len(fields) - 1
+    if dim != model.embedding_dim:
+        raise ConfigError(f"{key}.pretrained_vectors: {path} has {dim}-dimensional vectors (line 1), "
+                          f"{key}.embedding_dim is {model.embedding_dim}")
 
 
 def _hub_reachable() -> bool:

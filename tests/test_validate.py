@@ -61,6 +61,15 @@ def test_too_many_folds_for_a_class_is_refused_before_the_run_directory(in_tmp, 
     assert "cv.folds=3" in _refused(["run", path], capsys, in_tmp)
 
 
+def test_pretrained_vectors_are_checked_before_the_run_directory(in_tmp, capsys):
+    path = _experiment(in_tmp, "  embedding_dim: 16\n  pretrained_vectors: vec.txt\n")
+    assert "vec.txt: no such file" in _refused(["run", path], capsys, in_tmp)
+    (in_tmp / "vec.txt").write_text("cat 0.1 0.2 0.3\n")
+    assert "3-dimensional vectors (line 1), model.embedding_dim is 16" in _refused(["run", path], capsys, in_tmp)
+    (in_tmp / "vec.txt").write_bytes(b"\xff\xfe 1 2\n")
+    assert "not UTF-8" in _refused(["check", path], capsys, in_tmp)
+
+
 def test_a_token_in_the_yaml_is_refused(in_tmp, capsys):
     path = _experiment(in_tmp, "serve:\n  token: s3cret\n")
     err = _refused(["run", path], capsys, in_tmp)
@@ -100,3 +109,17 @@ def test_the_token_is_in_no_file_of_the_run(in_tmp, monkeypatch):
     assert "s3cret" not in text and json.loads(text)["config"]["serve"]["token_file"] == "token.txt"
     assert "s3cret" not in repr(cfg) and "given-s3cret" not in cfg.hash()
     assert load_config(SMOKE).serve.token is None
+
+
+def test_an_error_raised_in_the_worker_ends_the_run_at_once(ray_session, in_tmp, capsys):
+    """A deterministic error inside a training worker (here a class_weights list of the wrong length,
+    found when the loss is built) is reported with its message, not retried as if a worker died."""
+    code = main(["run", str(SMOKE), "--set", "name=failing", "--set", "train.class_weights=[1.0, 2.0, 3.0]",
+                 "--set", "train.epochs=1"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # earlier lines: Ray's worker output
+    assert code == 2 and last.startswith("error: tune: no config finished all 1 folds; fold 0: ValueError: train.class_weights")
+    assert "a list of 2 numbers" in last
+    trials = [json.loads(line) for line in next((in_tmp / "runs" / "failing" / "ray" / "tune").glob("*/result.json")).read_text().splitlines()]
+    # the worker's one report (a retry would add more) and the trial's last result, which names the fold
+    assert [t["failed"] for t in trials if "failed" in t] == [last.split("fold 0: ", 1)[1]] * 2
+    assert trials[-1]["fold"] == 0 and len(trials) == 2

@@ -17,6 +17,8 @@ from scipy.special import expit, softmax
 DEFAULT_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
 
 
+SCORES = ("accuracy", "macro_f1", "micro_f1", "weighted_f1")  # what compute_metrics returns
+VAL_METRICS = ("val_loss", *(f"val_{name}" for name in SCORES))  # what the loop reports each epoch
 MINIMISED = frozenset({"loss"})  # every other metric (F1s, accuracy) is maximised
 
 
@@ -60,6 +62,7 @@ def compute_metrics(gold: np.ndarray, probs: np.ndarray, multilabel: bool,
     scores = {"accuracy": accuracy_score(gold, pred)}
     for average in ("macro", "micro", "weighted"):
         scores[f"{average}_f1"] = f1_score(gold, pred, average=average, zero_division=0)
+    assert tuple(scores) == SCORES
     return {name: float(value) for name, value in scores.items()}
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import traceback
 from pathlib import Path
 
 import ray
@@ -20,11 +21,13 @@ import torch
 from trainables.atomic import atomic_write_text
 from trainables.config import ModelConfig, TrainConfig
 from trainables.loop import FoldData, Trainer
+from trainables.metrics import VAL_METRICS
 from trainables.models import build_model, save_model_dir
 
 TRAIN_STATE = "train_state.pt"
 BEST_DIR = "best"
 HISTORY_FILE = "history.json"
+FAILED = "failed"  # the key of a worker's report that its fold raised (train_fold_worker)
 
 
 def _seed_everything(seed: int) -> None:
@@ -53,7 +56,30 @@ def load_train_state(directory: str | Path) -> dict:
 
 
 def train_fold_worker(config: dict) -> None:
-    """Per-worker function of a TorchTrainer; ``config`` holds plain dicts and an ObjectRef to the fold data."""
+    """Per-worker function of a TorchTrainer; ``config`` holds plain dicts and an ObjectRef to the fold data.
+
+    An exception raised by the code or the data (a bad option, a shape mismatch) would be raised
+    again by every retry, so it ends the fold at once: the worker reports it under ``FAILED`` and
+    returns. Ray's own errors (a lost object) and a dead worker (SIGKILL, a lost node) are left to
+    Ray Train, which restarts the fold from its last checkpoint. With several workers the error is
+    raised as it is: the other ranks would wait for this one's report.
+    """
+    try:
+        _train_fold(config)
+    except ray.exceptions.RayError:
+        raise
+    except Exception as exc:
+        if ray.train.get_context().get_world_size() > 1:
+            raise
+        traceback.print_exc()
+        # NaN scores: Tune insists on its metric in every result; a searcher treats NaN as a failed trial.
+        # An (empty) checkpoint: the trainer's Result carries the metrics of its latest checkpoint.
+        metrics = {FAILED: f"{type(exc).__name__}: {exc}".splitlines()[0], **dict.fromkeys(VAL_METRICS, float("nan"))}
+        with tempfile.TemporaryDirectory(prefix="fold-failed-") as tmp:
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
+def _train_fold(config: dict) -> None:
     import sklearn.metrics  # noqa: F401  trainables.metrics imports it lazily: load it before the first epoch's clock
     payload = config["payload"]
     if isinstance(payload, ray.ObjectRef):

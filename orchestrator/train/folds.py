@@ -22,11 +22,17 @@ from orchestrator.config import ConfigError, ExperimentConfig
 from orchestrator.data import Dataset, fold_plan, label_array, load_stop_words
 from orchestrator.rundir import RunDir, write_json
 from orchestrator.train.cluster import use_gpu
+from orchestrator.train.errors import TrainingError
 from trainables.atomic import atomic_write_text
 from trainables.loop import FoldData, best_row
-from trainables.ray_worker import BEST_DIR, HISTORY_FILE, TRAIN_STATE, train_fold_worker
+from trainables.ray_worker import BEST_DIR, FAILED, HISTORY_FILE, TRAIN_STATE, train_fold_worker
 from trainables.text.base import TextEncoder
 from trainables.text.encoders import build_text_encoder
+
+
+def failure(result: Any) -> Optional[str]:
+    """The error a fold's worker reported (``ray_worker.FAILED``), or None."""
+    return (result.metrics or {}).get(FAILED)
 
 
 @dataclass
@@ -116,6 +122,8 @@ def write_epoch_logs(folder: Path, history: list[dict], best: dict, hparams: dic
 def collect_fold(result: Any, fold: int, folder: Path, started: float, hparams: Optional[dict] = None) -> FoldResult:
     """Copy the best model out of the fold's last Ray checkpoint into ``folder``/model and record
     its history in ``folder``/history.json, metrics.csv and tensorboard/."""
+    if failure(result) is not None:
+        raise TrainingError(f"fold {fold}: {failure(result)}")
     if result.checkpoint is None:
         raise RuntimeError(f"fold {fold}: training reported no checkpoint")
     target = folder / "model"

@@ -25,7 +25,9 @@ import numpy as np
 from orchestrator.config import ConfigError, ExperimentConfig, TuneConfig, with_overrides
 from orchestrator.rundir import RunDir, write_json
 from orchestrator.train.cluster import release_dead_drivers
-from orchestrator.train.folds import FoldResult, build_torch_trainer, collect_fold, fold_data, load_fold_result
+from orchestrator.train.errors import TrainingError
+from orchestrator.train.folds import FoldResult, build_torch_trainer, collect_fold, failure, fold_data, load_fold_result
+from trainables.ray_worker import FAILED
 
 TRIAL_INDEX = "__trial_index__"
 TUNE_NAME = "tune"
@@ -58,13 +60,18 @@ def parse_distribution(key: str, spec: str):
 
 
 def search_space(tune_cfg: TuneConfig, base: ExperimentConfig) -> dict[str, Any]:
-    """Flat {dotted key: Tune domain}; each key must be a real config key (checked by re-validating)."""
+    """Flat {dotted key: Tune domain}; each key must be a real config key (checked by re-validating),
+    and a grid searcher takes only grid([...]) or choice([...]) values."""
     space = {key: parse_distribution(key, spec) for key, spec in tune_cfg.search.items()}
     for key, domain in space.items():
         try:
             with_overrides(base, {key: domain.sample()})
         except ConfigError as exc:
             raise ConfigError(f"tune.search.{key}: {exc}".replace("override: ", "")) from None
+    if tune_cfg.searcher == "grid":
+        bad = [k for k, s in tune_cfg.search.items() if not str(s).strip().startswith(("grid", "choice"))]
+        if bad:
+            raise ConfigError(f"tune.searcher: grid needs grid([...]) or choice([...]) values, not {tune_cfg.search[bad[0]]!r} for {bad[0]}")
     return space
 
 
@@ -94,9 +101,6 @@ def build_search(cfg: ExperimentConfig):
 
     space = search_space(tcfg, cfg)
     if tcfg.searcher == "grid":
-        bad = [k for k, s in tcfg.search.items() if not str(s).strip().startswith(("grid", "choice"))]
-        if bad:
-            raise ConfigError(f"tune.searcher: grid needs grid([...]) or choice([...]) values, not {tcfg.search[bad[0]]!r} for {bad[0]}")
         grid = {k: list(parse_distribution(k, s).categories) for k, s in tcfg.search.items()}
         sampler = optuna.samplers.GridSampler(grid, seed=cfg.seed)
     elif tcfg.searcher == "random":
@@ -144,7 +148,11 @@ def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> Non
     trainer = build_torch_trainer(cfg, run, f"trial_{trial_id}", ray.put(payload), callbacks=[TuneReportCallback()],
                                   resume_from=resume_from)
     hparams = {f"{section}.{k}": v for section in ("model", "train") for k, v in getattr(cfg, section).model_dump(mode="json").items()}
-    result = collect_fold(trainer.fit(), fold, run.trial_dir(trial_id), started, hparams)
+    fitted = trainer.fit()
+    if failure(fitted) is not None:  # the same error on every retry: the trial ends, select_best says why
+        tune.report({FAILED: failure(fitted), cfg.tune.metric: float("nan"), "fold": fold, "done": 1})
+        return
+    result = collect_fold(fitted, fold, run.trial_dir(trial_id), started, hparams)
     metric = cfg.tune.metric
     tune.report({metric: result.best[metric], "fold": fold, "best_epoch": result.best["epoch"],
                  "fold_train_time_s": result.train_time_s, "done": 1})
@@ -197,10 +205,15 @@ def select_best(cfg: ExperimentConfig, run: RunDir, grid) -> TuneOutcome:
     """Group trials by config, rank configs by the mean of their K fold scores, adopt the best."""
     metric, k = cfg.tune.metric, cfg.cv.folds
     groups: dict[str, dict] = {}
+    failed: dict[str, dict] = {}  # config -> its first failed fold
     for result in grid:
+        params = {key: v for key, v in result.config.items() if key != TRIAL_INDEX}
+        if result.metrics and FAILED in result.metrics:
+            failed.setdefault(json.dumps(params, sort_keys=True, default=str),
+                              {"params": params, "error": f"fold {result.metrics.get('fold')}: {result.metrics[FAILED]}"})
+            continue
         if result.error is not None or result.metrics is None or metric not in result.metrics:
             continue
-        params = {key: v for key, v in result.config.items() if key != TRIAL_INDEX}
         group = groups.setdefault(json.dumps(params, sort_keys=True, default=str), {"params": params, "folds": {}, "time_s": 0.0})
         fold = int(result.config.get(TRIAL_INDEX, 0))
         group["folds"][fold] = {"score": float(result.metrics[metric]), "trial_id": result.metrics["trial_id"],
@@ -212,14 +225,17 @@ def select_best(cfg: ExperimentConfig, run: RunDir, grid) -> TuneOutcome:
         rows.append({"params": group["params"], "fold_scores": scores, "mean": float(np.mean(scores)),
                      "std": float(np.std(scores)), "folds_done": len(scores), "time_s": group["time_s"],
                      "trial_ids": [group["folds"][f]["trial_id"] for f in sorted(group["folds"])]})
+    rows = [r for r in rows if json.dumps(r["params"], sort_keys=True, default=str) not in failed]
     complete = [r for r in rows if r["folds_done"] == k]
     if not complete:
+        if failed:
+            raise TrainingError(f"tune: no config finished all {k} folds; {next(iter(failed.values()))['error']}")
         raise RuntimeError(f"tune: no config finished all {k} folds (see {run.ray_run(TUNE_NAME)})")
     sign = 1 if cfg.tune.mode == "max" else -1
     rows.sort(key=lambda r: (r["folds_done"] == k, sign * r["mean"]), reverse=True)
     best = rows[0]
     write_json(run.trials_json, {"metric": metric, "mode": cfg.tune.mode, "folds": k, "trials": rows,
-                                          "best_config": best["params"]})
+                                 "failed": list(failed.values()), "best_config": best["params"]})
     folds = [adopt_trial_model(run, fold, trial_id) for fold, trial_id in enumerate(best["trial_ids"])]
     return TuneOutcome(best["params"], rows, folds)
 
