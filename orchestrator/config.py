@@ -98,6 +98,7 @@ class PruneConfig(Section):
 class ExportConfig(Section):
     onnx: bool = Field(False, description="Export the final model(s) to ONNX and check parity.")
     int8: bool = Field(False, description="Also write a dynamically quantized int8 ONNX model.")
+    max_int8_drop: float = Field(0.01, ge=0, le=1, description="Largest macro-F1 drop of int8 against ONNX fp32 (evaluation split) at which serve --onnx uses int8; past it, fp32.")
 
 
 TOKEN_ENV = "ORCHESTRATOR_SERVE_TOKEN"

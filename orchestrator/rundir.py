@@ -126,6 +126,11 @@ class RunDir:
         return self.stage_dir("export") / name
 
     @property
+    def int8_check(self) -> Path:
+        """export/int8_check.json: each export's int8 macro-F1 against fp32 and whether it may serve."""
+        return self.stage_dir("export") / "int8_check.json"
+
+    @property
     def measurements_dir(self) -> Path:
         """One file per measured model (orchestrator/evaluate/measure.py)."""
         return self.root / "measurements"

@@ -6,7 +6,8 @@ import shutil
 
 import pytest
 
-from orchestrator.rundir import RunDirError
+from orchestrator.rundir import RunDir, RunDirError
+from orchestrator.serve.deployment import load_ensemble, onnx_precision
 from orchestrator.config import load_config, with_overrides
 from orchestrator.pipeline import run_experiment
 from tests.conftest import ROOT
@@ -50,6 +51,30 @@ def test_export_stage_is_cached_and_reruns_only_on_change(smoke_copy):
     assert fold_model.stat().st_mtime_ns == trained_at
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["stages"]["export"]["status"] == "done" and manifest["config"]["export"]["int8"] is True
+
+
+def test_int8_serves_only_within_the_allowed_f1_drop(smoke_copy):
+    """The export stage measures int8 against fp32 on the evaluation split (the figures the stage
+    comparison shows); serving picks int8 only while every fold's drop is within export.max_int8_drop."""
+    cfg, root = smoke_copy
+    summary, _ = _run(cfg, **{"export.onnx": True, "export.int8": True, "export.max_int8_drop": 0.02})
+    run = RunDir.open(root)
+    checks = json.loads(run.int8_check.read_text())
+    check = checks["fold_0"]
+    rows = {row["backend"]: row for row in summary.comparison if row["model"].startswith("ensemble")}
+    assert (check["fp32_macro_f1"], check["int8_macro_f1"]) == (rows["onnx fp32"]["macro_f1"], rows["onnx int8"]["macro_f1"])
+    assert check["macro_f1_drop"] == check["fp32_macro_f1"] - check["int8_macro_f1"] and check["max_drop"] == 0.02
+    assert check["serve_int8"] == (check["macro_f1_drop"] <= 0.02)
+    assert summary.stages["export"]["fold_0"]["int8"]["serve_int8"] == check["serve_int8"]
+
+    run.int8_check.write_text(json.dumps({"fold_0": {**check, "macro_f1_drop": 0.2, "serve_int8": False}}))
+    precision, why = onnx_precision(run)
+    assert precision == "fp32" and "0.2000" in why and "max_int8_drop 0.02" in why
+    assert not load_ensemble(run, "onnx").int8
+    run.int8_check.write_text(json.dumps({"fold_0": {**check, "macro_f1_drop": 0.001, "serve_int8": True}}))
+    assert onnx_precision(run)[0] == "int8"
+    run.int8_check.unlink()
+    assert onnx_precision(run) == ("fp32", "no checked int8 export")
 
 
 def test_resume_refuses_a_changed_training_config(smoke_copy):

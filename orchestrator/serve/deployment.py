@@ -8,6 +8,7 @@ requests share a batch and each batch runs the ensemble once.
 import asyncio
 import hmac
 import json
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -23,13 +24,14 @@ from orchestrator.rundir import RunDir, RunDirError, package_versions
 from orchestrator.serve.client import Client, ClientError
 from orchestrator.config import ServeConfig
 from orchestrator.evaluate.ensemble import Ensemble, EnsembleBase
-from trainables.export import ONNX_FILE
+from trainables.export import INT8_FILE, ONNX_FILE
 from trainables.models import META_FILE
 
 MAX_TEXTS = 256                  # per request; more is a 413
 MAX_BODY_BYTES = 1 << 20         # per request; more is a 413
 REPLICA_CPUS = 1                 # Ray CPUs of a replica, and its inference threads
 _DEFAULTS = ServeConfig()
+logger = logging.getLogger("ray.serve")
 
 
 # ---- the run's models ----
@@ -49,12 +51,29 @@ def choose_backend(run: RunDir, onnx: bool = False) -> str:
     raise RunDirError(f"{run.root}: no {wanted} to serve")
 
 
-def load_ensemble(run: RunDir, backend: str, threads: int = REPLICA_CPUS) -> EnsembleBase:
-    """The fold ensemble the service runs: torch on CPU, or ONNX Runtime with ``threads`` per session."""
+def onnx_precision(run: RunDir) -> tuple[str, str]:
+    """("int8" | "fp32", why): int8 only where the export stage measured every fold's int8 model within
+    ``export.max_int8_drop`` macro-F1 of fp32 (export/int8_check.json)."""
+    dirs = onnx_fold_dirs(run)
+    if not run.int8_check.is_file() or not all((d / INT8_FILE).is_file() for d in dirs):
+        return "fp32", "no checked int8 export"
+    checks = json.loads(run.int8_check.read_text())
+    folds = [checks.get(d.name) for d in dirs]
+    if None in folds:
+        return "fp32", "an int8 export was not checked"
+    worst = max(folds, key=lambda c: c["macro_f1_drop"])
+    if not all(c["serve_int8"] for c in folds):
+        return "fp32", f"int8 loses {worst['macro_f1_drop']:.4f} macro-F1 against fp32 (export.max_int8_drop {worst['max_drop']})"
+    return "int8", f"int8 within {worst['max_drop']} macro-F1 of fp32 (largest drop {worst['macro_f1_drop']:.4f})"
+
+
+def load_ensemble(run: RunDir, backend: str, threads: int = REPLICA_CPUS, int8: bool = False) -> EnsembleBase:
+    """The fold ensemble the service runs: torch on CPU, or ONNX Runtime (fp32, or ``int8``) with
+    ``threads`` per session."""
     if backend == "onnx":
         from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
 
-        return OnnxEnsemble(onnx_fold_dirs(run), threads=threads)
+        return OnnxEnsemble(onnx_fold_dirs(run), int8=int8, threads=threads)
     return Ensemble(run.fold_model_dirs(), device="cpu")
 
 
@@ -166,7 +185,10 @@ class Classifier:
 
         torch.set_num_threads(REPLICA_CPUS)  # a replica owns REPLICA_CPUS cores, not the machine
         run = RunDir.open(run_dir)
-        self.ensemble = load_ensemble(run, backend)
+        self.precision = onnx_precision(run) if backend == "onnx" else None  # (int8 | fp32, why)
+        self.ensemble = load_ensemble(run, backend, int8=self.precision is not None and self.precision[0] == "int8")
+        if self.precision:
+            logger.info("serving ONNX %s: %s", *self.precision)
         self.backend = backend
         self.run_name = run.manifest().get("name", run.root.name)
         self.model = model_id(run)
@@ -215,6 +237,7 @@ class Classifier:
         return {
             "run": self.run_name, "model": self.model, "labels": e.classes, "multilabel": e.multilabel,
             "threshold": e.threshold, "max_length": e.encoder.max_length, "backend": self.backend,
+            "onnx_precision": dict(zip(("precision", "reason"), self.precision)) if self.precision else None,
             "fold_models": fold_models(e.model_dirs), "batching": self.batching, "replicas": context.world_size,
             "limits": {"max_texts": MAX_TEXTS, "max_body_bytes": MAX_BODY_BYTES},
             "versions": package_versions(), "trained_with": self.trained_with,
@@ -281,6 +304,8 @@ def serve_until_interrupted(run: RunDir, serve_cfg: ServeConfig, onnx: bool, log
     try:
         url = deploy(run.root, serve_cfg, onnx=onnx)
         log(f"serving {run.root} at {url}: POST /predict, GET /info, GET /healthz (Ctrl-C to stop)")
+        if choose_backend(run, onnx) == "onnx":
+            log("ONNX {}: {}".format(*onnx_precision(run)))
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
