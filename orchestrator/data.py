@@ -79,10 +79,6 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     labels = _class_labels(cfg, names["train"], train_rows.source)
     train = _encode(train_rows, names["train"], labels, cfg.multilabel)
     known = {i for label in train.labels for i in _ids(label)}
-    if len(known) < 2:
-        seen = ", ".join(repr(labels.classes[i]) for i in sorted(known)) or "none"
-        raise DataError(f"{train_rows.source}: the training rows have {len(known)} class(es) ({seen}); "
-                        "a classifier needs at least 2")
     files = {key: _encode(rows, names[key], labels, cfg.multilabel, known) for key, rows in given.items()}
     splits = _split_train(train, files, cfg, seed, labels.classes, train_rows.source)
     train, val, test = (None if split is None else _clean(split, cfg.clean) for split in splits)

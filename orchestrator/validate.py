@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from orchestrator.config import ConfigError, ExperimentConfig
-from orchestrator.data import Dataset, fold_plan, load_dataset
+from orchestrator.data import DataError, Dataset, fold_plan, load_dataset
 from orchestrator.stages.distill import student_config
 from orchestrator.train.tune import build_scheduler, search_space
 from trainables.config import ModelConfig
@@ -20,6 +20,7 @@ from trainables.pretrained import BUILTIN_ALIASES, resolve_pretrained
 def validate(cfg: ExperimentConfig) -> Dataset:
     """The experiment's data, once every check has passed."""
     dataset = load_dataset(cfg.data, cfg.seed)
+    check_classes(dataset, cfg.data.train or cfg.data.source)
     fold_plan(dataset, cfg.cv.folds, cfg.seed)  # K stratified folds need K rows of every class
     search_space(cfg.tune, cfg)
     build_scheduler(cfg)
@@ -31,6 +32,15 @@ def validate(cfg: ExperimentConfig) -> Dataset:
     if cfg.serve.enabled:
         cfg.serve.with_token().check_exposure()
     return dataset
+
+
+def check_classes(dataset: Dataset, source: str) -> None:
+    """The training pool (train + val) holds at least two classes."""
+    seen = sorted({i for split in (dataset.train, dataset.val) for label in split.labels
+                   for i in (label if dataset.multilabel else [label])})
+    if len(seen) < 2:
+        names = ", ".join(repr(dataset.classes[i]) for i in seen) or "none"
+        raise DataError(f"{source}: the training rows have {len(seen)} class(es) ({names}); a classifier needs at least 2")
 
 
 def check_model_name(model: ModelConfig, key: str) -> None:

@@ -271,9 +271,10 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(ray_session, tm
 @pytest.mark.filterwarnings("ignore:Mean of empty slice")  # Tune's Repeater averaging the failed config's no scores
 def test_failed_trial_leaves_no_placement_group_or_train_actor(ray_session, tmp_path):
     """A grid of two configs where one cannot train (its word-vector file does not fit the model:
-    the worker raises, Ray Train retries the worker group, then Tune retries the trial): the run
-    completes on the other config, the failed trial is left out of trials.json, and after the run no
-    placement group it created is alive and no Ray Train actor is left."""
+    the worker raises, and the fold ends at once with that message, issue #18: before, Ray Train
+    retried the worker group and then Tune the trial): the run completes on the other config, the
+    failed trial is left out of trials.json's ranking and listed under "failed" with its message, and
+    after the run no placement group it created is alive and no Ray Train actor is left."""
     bad_vectors = tmp_path / "bad.vec"
     bad_vectors.write_text("好 0.1 0.2 0.3\n", encoding="utf-8")  # 3 dimensions, the model embeds in 32
     cfg = with_overrides(load_config(SMOKE), {
@@ -284,8 +285,8 @@ def test_failed_trial_leaves_no_placement_group_or_train_actor(ray_session, tmp_
     summary = run_experiment(cfg, log=lambda *_: None)
     trials = json.loads((summary.run.root / "trials.json").read_text())
     assert [t["params"] for t in trials["trials"]] == [{"model.pretrained_vectors": None}]
-    errored = [p for p in (summary.run.root / "ray" / "tune").glob("*/error.txt")]
-    assert len(errored) == 1 and "dimensional vectors" in errored[0].read_text()
+    assert [f["params"] for f in trials["failed"]] == [{"model.pretrained_vectors": str(bad_vectors)}]
+    assert "dimensional vectors" in trials["failed"][0]["error"]
     assert_nothing_left(pgs_before, actors_before)
 
 

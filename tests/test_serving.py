@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, seed, settings
 import requests
 import torch
 
@@ -28,6 +29,7 @@ from trainables.export import export_model_dir
 from trainables.models import save_model_dir
 from trainables.models.small import build_small_model
 from trainables.text.vocab import VocabTextEncoder
+from tests.test_fuzz import bodies
 
 TOKEN = "s3cret-token"
 CLASSES = ["animal", "place", "thing"]
@@ -167,6 +169,19 @@ def test_bad_request_gets_json_error_and_service_keeps_serving(served, client, c
     assert response.status_code == status
     assert response.json()["error"]
     assert client.predict("a cat")["predictions"][0]["labels"]
+
+
+@seed(5)
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(data=bodies)
+def test_random_bodies_over_http_get_200_or_a_4xx_error(served, data):
+    """Random JSON (and non-JSON) bodies through the real service: 200 with predictions, or a 4xx
+    with the ``{"error"}`` shape; never a 500."""
+    response = requests.post(f"{served[0]}/predict", data=data, headers=AUTH, timeout=30)
+    if response.status_code == 200:
+        assert response.json()["predictions"]
+    else:
+        assert 400 <= response.status_code < 500 and set(response.json()) == {"error"}
 
 
 def test_token_guards_predict_and_info_but_not_healthz(served, client):
