@@ -118,7 +118,9 @@ def cmd_predict(args) -> int:
         raise RunDirError("predict: give a run directory or --url (one of them)")
     source, predict_lines = _predictor(args)
     if args.file:
-        texts = [line.rstrip("\n") for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        from orchestrator.data import read_lines
+
+        texts = read_lines(args.file, "--file")
         for text, line in zip(texts, predict_lines(texts)):
             print(json.dumps({"text": text, **line}, ensure_ascii=False))
         return 0

@@ -523,7 +523,11 @@ def clean_text(text: str, clean: CleanConfig) -> str:
     return text
 
 
+def read_lines(path: str, setting: str) -> list[str]:
+    """The non-blank lines of a UTF-8 text file, DataError naming the file (and ``setting``) otherwise."""
+    return [line for line in _utf8_bytes(_existing(path, setting)).decode("utf-8-sig").splitlines() if line.strip()]
+
+
 def load_stop_words(path: str) -> list[str]:
     """One stop word per line; blank lines skipped, repeats dropped, file order kept."""
-    words = _utf8_bytes(_existing(path, "data.stop_words")).decode("utf-8-sig").splitlines()
-    return list(dict.fromkeys(w.strip() for w in words if w.strip()))
+    return list(dict.fromkeys(w.strip() for w in read_lines(path, "data.stop_words")))

@@ -76,3 +76,11 @@ def test_module_entry_point_prints_no_traceback(tmp_path):
 def test_not_a_run_directory(tmp_path, capsys, cmd):
     code, err = _run([cmd, str(tmp_path)], capsys)
     assert code == 2 and "not a run directory" in err
+
+
+def test_predict_file_errors_are_one_line(smoke_run, tmp_path, capsys):
+    (tmp_path / "bad.txt").write_bytes(b"a cat\n\xff\xfe dog\n")
+    for name, expected in (("missing.txt", "missing.txt: no such file (--file)"),
+                           ("bad.txt", "bad.txt: line 2: not UTF-8 (byte 0xff")):
+        code, err = _run(["predict", str(smoke_run.run.root), "--file", str(tmp_path / name)], capsys)
+        assert code == 2 and expected in err and len(err.splitlines()) == 1 and "Traceback" not in err
