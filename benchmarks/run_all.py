@@ -41,6 +41,9 @@ BENCHMARKS: dict[str, Benchmark] = {
     "tricks_ablation": Benchmark(("--epochs", "3", "--rows", "4000"), "macro-F1", "best trick ≥ plain"),
     # ~11 texts/s for the 5-MiniLM ensemble on 2 cores: 300 requests stay well inside the 110 s --deadline
     "serve_load": Benchmark(("{run}", "--requests", "300", "--concurrency", "16"), "texts/s", needs_run=True),
+    # one replica of 2 killed under 5 requests/s, then a 5-minute soak: about 6.5 minutes
+    "serve_faults": Benchmark(("{run}", "--rate", "5", "--kill-s", "30", "--soak-s", "300"), "s",
+                              "no request past its timeout; p99 and replica RSS ratios ≈ 1", needs_run=True),
     "cv_overhead": Benchmark(("--folds", "4", "--rows", "2000", "--epochs", "6"), "s", "ratio ≤ 1.15"),
     # ONNX fp32/int8, distilled TextCNN, vocabulary and transformer pruning; each comparison names its
     # own unit and target. About 10 minutes on a quiet 2-core machine.

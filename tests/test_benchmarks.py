@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.roofline import encoder_flops, gemm_gflops
+from benchmarks.serve_faults import recovery_s
 from benchmarks.train_throughput import verdict
 
 MINILM_L6 = {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6}
@@ -43,3 +44,13 @@ def test_gemm_gflops_measures_both_runtimes():
     peak = gemm_gflops(threads=1, shape=(64, 64, 64), repeat=3)
     assert set(peak) == {"torch", "onnxruntime"}
     assert all(v > 0.1 for v in peak.values())
+
+
+def test_serve_faults_recovery_counts_from_the_kill_to_lasting_success():
+    rows = [{"sent": s, "latency": 0.1, "status": st}
+            for s, st in ((1.0, 200), (2.0, 200), (3.0, 503), (4.0, "timeout"), (5.0, 200), (6.0, 200))]
+    assert recovery_s(rows, 2.5) == 2.5   # failures at 3 and 4; every request from 5 on succeeded
+    assert recovery_s(rows[:2] + rows[4:], 2.5) == 0.0  # nothing failed after the kill
+    assert recovery_s(rows[:4], 2.5) is None  # still failing at the end
+    in_flight = [{"sent": 2.0, "latency": 1.0, "status": 500}, {"sent": 2.6, "latency": 0.1, "status": 200}]
+    assert abs(recovery_s(in_flight, 2.5) - 0.1) < 1e-9  # sent before the kill, failed after it
