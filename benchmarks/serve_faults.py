@@ -163,7 +163,8 @@ def main() -> None:
             "kill_p99_after_vs_before": {
                 "figure": kill["p99_after_s"], "baseline": kill["p99_before_s"], "ratio": kill["p99_after_vs_before"],
                 "unit": "s", "target": f"none past the timeout (here {kill['past_timeout']}), {kill['errors']} error(s), "
-                                      f"recovered in {kill['recovery_s']} s", "met": kill["past_timeout"] == 0},
+                                      + (f"recovered in {kill['recovery_s']:.2f} s" if kill["recovery_s"] is not None else "not recovered"),
+                "met": kill["past_timeout"] == 0},
             "soak_p99_last_vs_first_window": {
                 "figure": soak["p99_last_window_s"], "baseline": soak["p99_first_window_s"], "ratio": soak["p99_last_vs_first"],
                 "unit": "s", "target": f"no errors (here {soak['errors']}), p99 not growing", "met": soak["errors"] == 0},
