@@ -236,7 +236,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(ray_session, tm
 
     # Ray reclaims the dead driver's trials and TorchTrainers. (Not always all its placement groups:
     # a fold controller that requests its worker group while the job is torn down leaves one behind,
-    # holding a CPU; `run --resume` removes it, see tuning.release_dead_drivers.)
+    # holding a CPU; `run --resume` removes it, see train.cluster.release_dead_drivers.)
     wait_for(lambda: not (live_train_actor_ids() - actors_before), 60,
              "the killed driver's actors to be reclaimed", 0.5)
 
@@ -307,7 +307,7 @@ print(ray.get(holder.reserve.remote()), ray.get_runtime_context().get_job_id())
 
 
 def test_resume_releases_placement_groups_of_its_dead_drivers_only(ray_session, tmp_path):
-    """The resume-time cleanup (tuning.release_dead_drivers) on a stand-in for a leaked worker-group
+    """The resume-time cleanup (train.cluster.release_dead_drivers) on a stand-in for a leaked worker-group
     placement group: a PG that outlives its (dead) driver job. Left alone while the run's manifest
     does not name that job; removed once it names it as an earlier driver of the run."""
     import ray

@@ -1,6 +1,6 @@
 """The fold ensemble on ONNX Runtime: K ``export_model_dir`` directories instead of torch models.
 
-Same surface and combination rules as ``orchestrator.ensemble.Ensemble`` (shared through
+Same surface and combination rules as ``orchestrator.evaluate.ensemble.Ensemble`` (shared through
 ``EnsembleBase``); no torch weights are loaded.
 """
 from __future__ import annotations

@@ -8,7 +8,7 @@ scores like any other logits.
 
 The scores are not length-normalised: summed, they are exact sequence log-probabilities, so
 ``softmax(logits)`` is the model's posterior restricted to the class set and ``-logits[gold]`` is
-the text-to-text training loss (``trainables.losses.seq2seq_nll``). A per-token mean (the usual
+the text-to-text training loss (``trainables.tricks.losses.seq2seq_nll``). A per-token mean (the usual
 zero-shot remedy for a bias towards short names) would break both identities, and fine-tuning
 teaches the model the class names, which leaves no such bias to correct.
 """
