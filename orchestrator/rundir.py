@@ -144,10 +144,14 @@ class RunDir:
         return self.root / REPORT_FILES
 
     # ---- data splits ----
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
     def split_path(self, name: str) -> Path:
         if name not in SPLITS:
             raise ValueError(f"no split {name!r}; expected one of {SPLITS}")
-        return self.root / "data" / f"{name}.jsonl"
+        return self.data_dir / f"{name}.jsonl"
 
     def has_split(self, name: str) -> bool:
         return self.split_path(name).is_file()
@@ -206,9 +210,9 @@ class RunDir:
         """A run directory at ``root`` whose only fold (0) is this run's fold ``fold``: the manifest
         copied, the data and the fold linked. Stages run on it write there, not here."""
         root.mkdir(parents=True)
-        shutil.copy(self.manifest_path, root / MANIFEST)
-        (root / "data").symlink_to(self.split_path("train").parent.resolve())
         view = RunDir(root)
+        shutil.copy(self.manifest_path, view.manifest_path)
+        view.data_dir.symlink_to(self.data_dir.resolve())
         view.fold_dir(0).parent.mkdir()
         view.fold_dir(0).symlink_to(self.fold_dir(fold).resolve())
         return view

@@ -14,6 +14,7 @@ from orchestrator.data import DataError, Dataset, fold_plan, load_dataset
 from orchestrator.stages.distill import student_config
 from orchestrator.train.tune import build_scheduler, search_space
 from trainables.config import ModelConfig
+from trainables.models.small import vector_dim
 from trainables.pretrained import BUILTIN_ALIASES, resolve_pretrained
 
 
@@ -87,8 +88,7 @@ def check_vectors(model: ModelConfig, key: str) -> None:
             first = next((line.rstrip() for line in f if line.strip()), "")
     except UnicodeDecodeError:
         raise ConfigError(f"{key}.pretrained_vectors: {path} is not UTF-8 text") from None
-    fields = first.split(" ")
-    dim = int(fields[1]) if len(fields) == 2 and all(s.isdigit() for s in fields) else len(fields) - 1
+    dim, _ = vector_dim(first)
     if dim != model.embedding_dim:
         raise ConfigError(f"{key}.pretrained_vectors: {path} has {dim}-dimensional vectors (line 1), "
                           f"{key}.embedding_dim is {model.embedding_dim}")

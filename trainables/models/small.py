@@ -224,6 +224,13 @@ class Transformer(SmallClassifier):
         return self.head(masked_mean(self.norm(x), attention_mask))
 
 
+def vector_dim(first_line: str) -> tuple[int, bool]:
+    """(vector dimension, whether it is a ``count dim`` header) read from a word-vector file's first line."""
+    fields = first_line.rstrip().split(" ")
+    header = len(fields) == 2 and all(s.isdigit() for s in fields)
+    return (int(fields[1]) if header else len(fields) - 1), header
+
+
 def load_vectors(embedding: nn.Embedding, path: str | Path, itos: list[str], skip: int) -> int:
     """Copy rows of a word-vector text file (``token v1 v2 ...``, optional ``count dim`` first
     line) into ``embedding`` for tokens of ``itos``, except id ``skip`` (the pad row stays zero).
@@ -237,9 +244,7 @@ def load_vectors(embedding: nn.Embedding, path: str | Path, itos: list[str], ski
             if not line:
                 continue
             if number == 1:
-                fields = line.split(" ")
-                header = len(fields) == 2 and all(s.isdigit() for s in fields)
-                file_dim = int(fields[1]) if header else len(fields) - 1
+                file_dim, header = vector_dim(line)
                 if file_dim != dim:
                     raise ValueError(f"model.pretrained_vectors: {path} has {file_dim}-dimensional vectors, "
                                      f"model.embedding_dim is {dim}")
