@@ -129,3 +129,61 @@ def test_noisytune_is_seeded():
     _, b = _noised(0.15, seed=1)
     _, c = _noised(0.15, seed=2)
     assert torch.equal(a["0.weight"], b["0.weight"]) and not torch.equal(a["0.weight"], c["0.weight"])
+
+
+def tiny_bert(layers=3):
+    import transformers
+
+    from trainables.models.hf import HFClassifier
+
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=layers, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=32)
+    return HFClassifier.from_config(config, num_classes=3)
+
+
+def test_layer_lr_decay_lowers_each_layer_by_the_decay_with_embeddings_lowest():
+    model = tiny_bert(layers=3)
+    opt = build_optimizer(model, cfg(lr=1e-3, head_lr=1e-2, layer_lr_decay=0.5))
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(model.parameters()))
+    lr_of = {name: group_of(opt, p)["lr"] for name, p in model.named_parameters()}
+    for i, expect in enumerate([2.5e-4, 5e-4, 1e-3]):  # layer 2 is the top: lr; each lower layer x 0.5
+        layer = [v for n, v in lr_of.items() if f".layer.{i}." in n]
+        assert layer and all(v == pytest.approx(expect) for v in layer), (i, set(layer))
+    assert lr_of["encoder.embeddings.word_embeddings.weight"] == pytest.approx(1.25e-4)
+    assert lr_of["encoder.embeddings.LayerNorm.weight"] == pytest.approx(1.25e-4)
+    assert lr_of["head.linear.weight"] == 1e-2
+    assert lr_of["encoder.pooler.dense.weight"] == 1e-3  # above the layers: lr
+    assert group_of(opt, model.encoder.embeddings.LayerNorm.weight)["weight_decay"] == 0.0
+
+
+def test_no_layer_lr_decay_keeps_one_body_lr():
+    opt = build_optimizer(tiny_bert(), cfg(lr=1e-3))
+    assert {g["lr"] for g in opt.param_groups} == {1e-3}
+
+
+def test_adafactor_schedule_is_adafactors_relative_step_lr_growing_in_warmup():
+    import transformers
+
+    config = transformers.T5Config(vocab_size=40, d_model=16, d_ff=32, num_layers=1, num_heads=2, d_kv=8,
+                                   decoder_start_token_id=0, pad_token_id=0)
+    model = transformers.T5ForConditionalGeneration(config)
+    train_cfg = cfg(optimizer="adafactor", schedule="adafactor")
+    opt = build_optimizer(model, train_cfg)
+    assert (opt.param_groups[0]["relative_step"], opt.param_groups[0]["scale_parameter"],
+            opt.param_groups[0]["warmup_init"], opt.defaults["lr"]) == (True, True, True, None)
+    sched = build_scheduler(opt, train_cfg, total_steps=10)
+    ids = torch.randint(1, 40, (4, 6))
+    seen = []
+    for _ in range(5):
+        model(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=False)
+        seen.append(float(sched.get_last_lr()[0]))
+    # warmup_init: 1e-6 x step x the parameter's RMS, so it starts tiny and grows each step
+    assert all(b > a for a, b in zip(seen, seen[1:])) and seen[0] < 1e-4, seen
+
+
+def test_adafactor_schedule_needs_the_adafactor_optimizer():
+    with pytest.raises(ValueError, match="train.optimizer: adafactor"):
+        cfg(optimizer="adamw", schedule="adafactor")

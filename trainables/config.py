@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Section(BaseModel):
@@ -47,9 +47,10 @@ class TrainConfig(Section):
     eval_batch_size: int = Field(64, ge=1, description="Examples per batch in evaluation.")
     lr: float = Field(5e-5, gt=0, description="Peak learning rate of the encoder / body.")
     head_lr: Optional[float] = Field(None, gt=0, description="Learning rate of the classifier head (default: lr).")
+    layer_lr_decay: Optional[float] = Field(None, gt=0, le=1, description="LLRD: each encoder layer's lr is the layer above's x this; the embeddings lowest (null = off).")
     weight_decay: float = Field(0.01, ge=0, description="Decoupled weight decay (not on biases and norms).")
     optimizer: Literal["adamw", "adam", "sgd", "adafactor"] = Field("adamw", description="Optimizer.")
-    schedule: Literal["linear", "cosine", "constant"] = Field("linear", description="Decay after warmup.")
+    schedule: Literal["linear", "cosine", "constant", "adafactor"] = Field("linear", description="Decay after warmup; adafactor: Adafactor's own relative-step lr (optimizer: adafactor only).")
     warmup_ratio: float = Field(0.1, ge=0, lt=1, description="Share of steps with linear warmup.")
     grad_clip: Optional[float] = Field(1.0, gt=0, description="Clip the gradient norm at this value (null = off).")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
@@ -78,3 +79,9 @@ class TrainConfig(Section):
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved by each training worker.")
     use_gpu: Literal["auto", "yes", "no"] = Field("auto", description="auto: use a GPU when the cluster has one.")
     torch_threads: Optional[int] = Field(None, ge=1, description="torch intra-op threads in a worker (default: its CPUs).")
+
+    @model_validator(mode="after")
+    def _adafactor_schedule_needs_adafactor(self) -> "TrainConfig":
+        if self.schedule == "adafactor" and self.optimizer != "adafactor":
+            raise ValueError(f"train.schedule: adafactor is Adafactor's own lr; set train.optimizer: adafactor (got {self.optimizer!r})")
+        return self

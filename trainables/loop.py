@@ -188,7 +188,7 @@ class Trainer:
             metrics = self.evaluate()
             improved = self.track_best(metrics, epoch + 1)
         metrics.update(epoch=epoch + 1, improved=int(improved), train_loss=loss_sum / max(seen, 1), epoch_time_s=train_time,
-                       train_samples_per_s=seen / max(train_time, 1e-9), lr=self.scheduler.get_last_lr()[0])
+                       train_samples_per_s=seen / max(train_time, 1e-9), lr=float(self.scheduler.get_last_lr()[0]))
         self.fit_state.history.append(metrics)
         self.fit_state.epoch = epoch + 1
         patience = cfg.early_stopping_patience

@@ -1,9 +1,12 @@
 """Optimizer, learning-rate schedule and weight initialisation, plus NoisyTune.
 
 ``build_optimizer``/``build_scheduler`` read a ``trainables.config.TrainConfig``:
-optimizer, lr, head_lr, weight_decay, schedule, warmup_ratio (and noisytune for NoisyTune).
+optimizer, lr, head_lr, layer_lr_decay, weight_decay, schedule, warmup_ratio (and noisytune for
+NoisyTune).
 """
 from __future__ import annotations
+
+import re
 
 import torch
 from torch import nn
@@ -21,19 +24,39 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, wrappers) else model
 
 
-def param_groups(model: nn.Module, lr: float, head_lr: float | None, weight_decay: float) -> list[dict]:
-    """Up to four groups: (body | head) x (decay | no decay).
+_LAYER = re.compile(r"\.(?:layer|layers|block|h)\.(\d+)\.")
+
+
+def layer_depth(name: str, num_layers: int) -> int:
+    """How many layers below the top a body parameter sits: the top encoder layer 0, layer i
+    ``num_layers - 1 - i``, the embeddings ``num_layers`` (lowest); anything else (pooler, final
+    norm) 0. Layers are found by their index in the name (``encoder.layer.3.``, T5's ``block.3.``)."""
+    match = _LAYER.search(name)
+    if match:
+        return num_layers - 1 - int(match.group(1))
+    return num_layers if "embed" in name or ".shared." in name else 0
+
+
+def param_groups(model: nn.Module, lr: float, head_lr: float | None, weight_decay: float,
+                 layer_lr_decay: float | None = None) -> list[dict]:
+    """(body | head) x (decay | no decay) groups, the body split by layer when ``layer_lr_decay`` is set.
 
     Parameters with fewer than two dimensions (biases, LayerNorm/RMSNorm weights) get no weight
     decay: shrinking them towards 0 only hurts. ``head.`` parameters get ``head_lr`` (default lr).
+    Layer-wise lr decay (LLRD): the top encoder layer gets ``lr``, each layer below the lr of the
+    layer above x ``layer_lr_decay``, the embeddings the lowest (``layer_depth``).
     """
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-    for name, param in unwrap_model(model).named_parameters():
-        if param.requires_grad:
-            groups.setdefault((name.startswith(HEAD_PREFIX), param.ndim >= 2), []).append(param)
+    named = [(n, p) for n, p in unwrap_model(model).named_parameters() if p.requires_grad]
+    num_layers = 1 + max((int(m.group(1)) for n, _ in named if (m := _LAYER.search(n))), default=-1)
+    groups: dict[tuple[bool, bool, int], list[nn.Parameter]] = {}
+    for name, param in named:
+        head = name.startswith(HEAD_PREFIX)
+        depth = 0 if head or not layer_lr_decay else layer_depth(name, num_layers)
+        groups.setdefault((head, param.ndim >= 2, depth), []).append(param)
     return [
-        {"params": params, "lr": (head_lr or lr) if head else lr, "weight_decay": weight_decay if decay else 0.0}
-        for (head, decay), params in groups.items()
+        {"params": params, "lr": (head_lr or lr) if head else lr * (layer_lr_decay or 1.0) ** depth,
+         "weight_decay": weight_decay if decay else 0.0}
+        for (head, decay, depth), params in groups.items()
     ]
 
 
@@ -42,9 +65,12 @@ def build_optimizer(model: nn.Module, train_cfg: TrainConfig) -> torch.optim.Opt
 
     adam and sgd apply weight decay as an L2 term (their torch meaning); adamw and adafactor
     decouple it. Adafactor runs with a fixed lr (relative_step=False) so that per-group lrs and
-    the schedules of ``build_scheduler`` apply to it like to the others.
+    the schedules of ``build_scheduler`` apply to it like to the others, except under
+    ``schedule: adafactor``: then it sets its own relative-step lr (the T5 recipe's
+    ``relative_step=True, scale_parameter=True, warmup_init=True, lr=None``), and lr, head_lr and
+    layer_lr_decay do not apply.
     """
-    groups = param_groups(model, train_cfg.lr, train_cfg.head_lr, train_cfg.weight_decay)
+    groups = param_groups(model, train_cfg.lr, train_cfg.head_lr, train_cfg.weight_decay, train_cfg.layer_lr_decay)
     name = train_cfg.optimizer
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=train_cfg.lr)
@@ -55,6 +81,8 @@ def build_optimizer(model: nn.Module, train_cfg: TrainConfig) -> torch.optim.Opt
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
+        if train_cfg.schedule == "adafactor":
+            return Adafactor(groups, lr=None, scale_parameter=True, relative_step=True, warmup_init=True)
         return Adafactor(groups, lr=train_cfg.lr, scale_parameter=False, relative_step=False, warmup_init=False)
     raise ValueError(f"train.optimizer: expected adamw, adam, sgd or adafactor, got {name!r}")
 
@@ -63,8 +91,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: TrainConfig, to
     """Linear warmup over ``round(warmup_ratio * total_steps)`` optimizer steps, then linear
     decay to 0, cosine decay to 0, or constant. Call ``step()`` after every optimizer step.
 
-    Adafactor uses these same schedules; transformers' AdafactorSchedule is only a read-out of
-    Adafactor's own relative-step lr, which ``build_optimizer`` does not use.
+    ``adafactor``: Adafactor's own relative-step lr (``build_optimizer``), which transformers'
+    ``AdafactorSchedule`` reads out (``get_last_lr``) so that it is logged like any other.
     """
     from transformers import (get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup,
                               get_linear_schedule_with_warmup)
@@ -76,7 +104,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg: TrainConfig, to
         return get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
     if train_cfg.schedule == "constant":
         return get_constant_schedule_with_warmup(optimizer, warmup)
-    raise ValueError(f"train.schedule: expected linear, cosine or constant, got {train_cfg.schedule!r}")
+    if train_cfg.schedule == "adafactor":
+        from transformers.optimization import AdafactorSchedule
+
+        return AdafactorSchedule(optimizer)
+    raise ValueError(f"train.schedule: expected linear, cosine, constant or adafactor, got {train_cfg.schedule!r}")
 
 
 _INITS = {
