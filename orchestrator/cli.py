@@ -94,18 +94,18 @@ def cmd_run(args) -> int:
 def cmd_test(args) -> int:
     from orchestrator.evaluate.ensemble import Ensemble
     from orchestrator.evaluate.evaluation import evaluate_split
-    from orchestrator.evaluate.measure import Artifact, fold_logits
+    from orchestrator.evaluate.measure import ensemble_artifact, fold_logits
     from orchestrator.report.test_report import print_report
 
     run = RunDir.open(args.run)
-    ensemble = Ensemble(run.fold_model_dirs())
+    ensemble = Ensemble.of_run(run)
     if args.file:
         from orchestrator.data import read_labelled_file
 
         split, logits = read_labelled_file(run.config().data, args.file, ensemble.classes), None
-    else:  # the evaluation split: the run's own measurements of its fold models
+    else:  # the evaluation split: the run's own measurements of its ensemble's models
         split = run.evaluation_split()
-        logits = fold_logits(run, Artifact("ensemble", "torch", tuple(run.fold_model_dirs())))
+        logits = fold_logits(run, ensemble_artifact(run))
     out = Path(args.out) if args.out else run.test_dir
     metrics = evaluate_split(run, ensemble, split, ensemble.classes, ensemble.multilabel, out_dir=out, logits=logits)
     print_report(metrics, metrics["per_class"], console=console)
@@ -146,7 +146,7 @@ def _predictor(args) -> tuple[str, Callable[[list[str]], list[dict]]]:
     from orchestrator.evaluate.ensemble import Ensemble
 
     run = RunDir.open(args.run)
-    ensemble = Ensemble(run.fold_model_dirs())
+    ensemble = Ensemble.of_run(run)
     return str(run.root), lambda texts: _predict_lines(ensemble, texts, args.top)
 
 

@@ -21,6 +21,7 @@ from trainables.config import ModelConfig, Section, TrainConfig
 
 
 TRAIN_SECTIONS = ("seed", "data", "model", "train", "cv", "tune")
+ENSEMBLE_KEYS = ("ensemble", "selection_rounds")  # cv keys that choose among trained models, not train them
 
 
 class ConfigError(ValueError):
@@ -62,6 +63,8 @@ class DataConfig(Section):
 class CVConfig(Section):
     folds: int = Field(1, ge=1, description="1 = one model on train/val; K > 1 = stratified K-fold over train+val.")
     parallel: Optional[int] = Field(None, ge=1, description="Folds running at once (default: as many as resources allow).")
+    ensemble: Literal["selection", "best_config"] = Field("selection", description="The run's ensemble: selection = weighted configs chosen greedily on OOF predictions (Caruana); best_config = the best config's K folds.")
+    selection_rounds: int = Field(25, ge=1, description="selection: rounds of greedy selection with replacement (weights are multiples of 1/rounds).")
 
 
 class TuneConfig(Section):
@@ -180,7 +183,13 @@ class ExperimentConfig(Section):
     def train_key(self) -> str:
         """Hash of what defines the fold models; later stages (distill, prune, export, serve) are outside it."""
         dumped = self.model_dump(mode="json")
+        dumped["cv"] = {k: v for k, v in dumped["cv"].items() if k not in ENSEMBLE_KEYS}
         return config_hash({k: dumped[k] for k in TRAIN_SECTIONS})
+
+    def ensemble_key(self) -> str:
+        """Hash of what defines the run's ensemble: the fold models and how they are chosen (the
+        key of evaluation and of every later stage)."""
+        return config_hash([self.train_key(), *(getattr(self.cv, k) for k in ENSEMBLE_KEYS)])
 
 
 def config_hash(obj: Any) -> str:

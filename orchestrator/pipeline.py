@@ -34,6 +34,7 @@ class RunSummary:
     stages: dict
     comparison: list[dict]  # report.compare.stage_comparison rows
     report: Path            # report.html
+    ensemble: dict          # evaluation's "ensemble": how the run's ensemble was chosen
 
 
 def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False,
@@ -79,16 +80,16 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool 
         run.update("train", "done", key=key, folds=len(results), best_config=outcome.best_config,
                    metrics={f"fold{r.fold}_val_{metric}": r.best[f"val_{metric}"] for r in results})
 
-    if cached and run.stage("evaluate").get("key") == key:
+    if cached and run.stage("evaluate").get("key") == cfg.ensemble_key():
         evaluation = run.stage("evaluate")["result"]
     else:
         evaluation = evaluate_run(cfg, run, dataset, shared or prepare_folds(cfg, dataset), results)
-        run.update("evaluate", "done", key=key, result=evaluation,
+        run.update("evaluate", "done", key=cfg.ensemble_key(), result=evaluation,
                    metrics={f"test_{k}": v for k, v in evaluation["test"].items() if isinstance(v, float)})
     stage_results = run_stages(cfg, run, log)
     rows = stage_comparison(run, log=log)
     summary = RunSummary(run, results, evaluation["test"], evaluation["oof"], trials, stage_results, rows,
-                         write_html_report(run, rows))
+                         write_html_report(run, rows), evaluation.get("ensemble", {}))
     if on_done:
         on_done(summary)
     if cfg.serve.enabled:

@@ -46,6 +46,17 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+@dataclass(frozen=True)
+class Member:
+    """One model of the run's ensemble: its name (``fold_<k>`` for the best config's folds,
+    ``config<r>_fold_<k>`` for the config ranked r by ensemble selection; also its export folder's
+    name), its model directory and its weight in the ensemble."""
+
+    name: str
+    model_dir: Path
+    weight: float
+
+
 @dataclass
 class RunDir:
     """Paths of one run and its manifest."""
@@ -82,8 +93,27 @@ class RunDir:
         return self.fold_dir(fold) / "model"
 
     def fold_model_dirs(self) -> list[Path]:
+        """The best config's fold models (folds/<k>/model), in fold order."""
         return sorted((p for p in (self.root / "folds").glob("*/model") if (p / "model.json").is_file()),
                       key=lambda p: int(p.parent.name))
+
+    @property
+    def ensemble_json(self) -> Path:
+        """ensemble.json: the members of the run's ensemble and their weights (ensemble selection)."""
+        return self.root / "ensemble.json"
+
+    def config_oof(self, rank: int) -> Path:
+        """oof/config_<rank>.npy: out-of-fold logits of the config ranked ``rank`` in trials.json."""
+        return self.root / "oof" / f"config_{rank}.npy"
+
+    def ensemble_members(self) -> list[Member]:
+        """The models test, predict, serve, distill and export use as "the ensemble": ensemble.json's
+        members, else the best config's folds with equal weights."""
+        if self.ensemble_json.is_file():
+            spec = json.loads(self.ensemble_json.read_text())
+            return [Member(m["name"], self.trial_dir(m["trial_id"]) / "model", float(m["weight"])) for m in spec["members"]]
+        dirs = self.fold_model_dirs()
+        return [Member(f"fold_{d.parent.name}", d, 1.0 / len(dirs)) for d in dirs]
 
     @property
     def test_dir(self) -> Path:
@@ -102,10 +132,10 @@ class RunDir:
         return self.root / "thresholds.json"
 
     def model_sources(self) -> dict[str, Path]:
-        """Every model directory of the run by name (fold_<k>, student, pruned: the last two only
-        while their stage is on, since a stage switched off leaves its old model behind)."""
+        """Every model directory of the run by name (the ensemble's members, student, pruned: the last
+        two only while their stage is on, since a stage switched off leaves its old model behind)."""
         cfg = self.config()
-        sources = {f"fold_{d.parent.name}": d for d in self.fold_model_dirs()}
+        sources = {m.name: m.model_dir for m in self.ensemble_members()}
         for name, stage, on in (("student", "distill", cfg.distill.enabled), ("pruned", "prune", cfg.prune.mode != "none")):
             if on and (self.stage_model_dir(stage) / "model.json").is_file():
                 sources[name] = self.stage_model_dir(stage)

@@ -20,6 +20,7 @@ from trainables.distill import (TeacherDistillation, TeacherTargets, average_tea
 from trainables.hooks import TrainState
 from trainables.inference import predict_logits
 from trainables.loop import FoldData, Trainer
+from trainables.metrics import compute_metrics
 from trainables.models import load_model_dir
 from trainables.models.small import build_small_model
 
@@ -253,3 +254,34 @@ def test_run_distill_self_mode_distils_the_ensemble_into_2_layers(ray_session, b
     assert report["teacher"]["parameters"] == 2 * fold_params and report["student"]["parameters"] == fold_params - 2 * layer_params
     history = json.loads((run.root / "distill" / "history.json").read_text())["history"]
     assert len(history) == 2 and "train_attention_attention_mse_0_1" in history[0]
+
+
+def test_run_distill_cross_into_an_hf_student_learns_the_weighted_ensemble_and_reloads(ray_session, bert_run, tmp_path):
+    """The ensemble (2 BERT members weighted 0.75/0.25 by ensemble.json) distilled into an HF student
+    (a local transformers folder) through the cross stage; the student reloads and predicts as reported."""
+    from transformers import BertModel, BertTokenizerFast
+
+    from orchestrator.evaluate.ensemble import Ensemble, combine
+    from orchestrator.evaluate.measure import evaluation_data
+
+    cfg, run = bert_run
+    for fold in range(2):  # as the pipeline leaves them: trial folders named by ensemble.json
+        (run.root / "trials" / f"t{fold}").mkdir(parents=True)
+        shutil.move(str(run.model_dir(fold)), run.root / "trials" / f"t{fold}" / "model")
+    (run.root / "ensemble.json").write_text(json.dumps({"kind": "selection", "members": [
+        {"name": "fold_0", "trial_id": "t0", "weight": 0.75}, {"name": "config1_fold_0", "trial_id": "t1", "weight": 0.25}]}))
+    student_dir = tmp_path / "student-bert"
+    teacher = Ensemble([m.model_dir for m in run.ensemble_members()])
+    BertModel(teacher.models[0].encoder.config).save_pretrained(student_dir)
+    BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt")).save_pretrained(student_dir)
+    cfg = with_overrides(cfg, {"distill.mode": "cross", "distill.teacher_mix": "average",
+                               "distill.student": {"kind": "hf", "name": str(student_dir), "max_length": 32, "pooling": "cls"}})
+    report = run_distill(cfg, run, log=lambda *_: None)
+    assert np.load(run.root / "distill" / "teacher_logits.npy").shape[0] == 2
+    texts, gold = evaluation_data(run)
+    weighted = combine(teacher.fold_logits(teacher.encode(texts)), False, [0.75, 0.25])
+    assert report["teacher"]["macro_f1"] == pytest.approx(compute_metrics(gold, weighted, False)["macro_f1"], abs=1e-9)
+    student, encoder, meta = load_model_dir(run.root / "distill" / "model")
+    assert meta["model"]["kind"] == "hf" and student.encoder.config.num_hidden_layers == 4
+    reloaded = Ensemble([run.root / "distill" / "model"]).predict_proba(texts)
+    assert report["student"]["macro_f1"] == pytest.approx(compute_metrics(gold, reloaded, False)["macro_f1"], abs=1e-9)

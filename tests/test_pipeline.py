@@ -8,9 +8,11 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.config import load_config, with_overrides
+from orchestrator.data import load_dataset
 from orchestrator.evaluate.ensemble import Ensemble
 from orchestrator.pipeline import run_experiment
 from orchestrator.rundir import RunDir
+from orchestrator.train.folds import prepare_folds
 from tests.conftest import ROOT
 from trainables.metrics import compute_metrics, probabilities
 
@@ -85,14 +87,39 @@ def test_kfold_grid_search_picks_best_fold_mean(ray_session, tmp_path):
     # OOF covers every pooled row exactly once
     oof = json.loads((root / "oof_metrics.json").read_text())
     assert oof["rows"] == oof["rows_covered_once"] == len(np.load(root / "oof_logits.npy"))
-    # the ensemble metric is computed from the mean of the fold logits
-    ensemble = Ensemble(summary.run.fold_model_dirs())
+    # each config's OOF logits are kept (trials.json order); the worker's saved validation logits are
+    # what the fold model predicts on its validation rows
+    dataset = load_dataset(cfg.data, cfg.seed)
+    shared = prepare_folds(cfg, dataset)
+    for rank, trial in enumerate(trials["trials"]):
+        config_oof = np.load(root / "oof" / f"config_{rank}.npy")
+        assert config_oof.shape == (len(shared["ids"]), 2)
+        for (_, val_idx), trial_id in zip(shared["plan"], trial["trial_ids"]):
+            model = Ensemble([root / "trials" / trial_id / "model"])
+            again = model.fold_logits([shared["ids"][i] for i in val_idx])[0]
+            np.testing.assert_allclose(config_oof[val_idx], again, atol=1e-4)
+    # ensemble selection over the two configs: weights sum to 1, never worse on OOF than the best config
+    choice = trials["ensemble"]
+    assert choice["kind"] == "selection" and sum(w["weight"] for w in choice["config_weights"]) == pytest.approx(1.0)
+    assert choice["oof"]["macro_f1"] >= choice["best_config_oof"]["macro_f1"]
+    assert oof["macro_f1"] == pytest.approx(choice["oof"]["macro_f1"])
+    members = summary.run.ensemble_members()
+    assert sum(m.weight for m in members) == pytest.approx(1.0) and len(members) == choice["members"]
+    # the test metric is the weighted combination of the members' logits
+    ensemble = Ensemble([m.model_dir for m in members])
     test = [json.loads(l) for l in (root / "data" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
     texts = [r["text"] for r in test]
     gold = np.array([ensemble.classes.index(r["label"]) for r in test])
     fold_logits = ensemble.fold_logits(ensemble.encode(texts))
-    expected = compute_metrics(gold, probabilities(fold_logits.mean(0), False), False)
+    mean = np.average(fold_logits, axis=0, weights=[m.weight for m in members])
+    expected = compute_metrics(gold, probabilities(mean, False), False)
     assert summary.test_metrics["macro_f1"] == pytest.approx(expected["macro_f1"], abs=1e-9)
+    assert choice["test"]["macro_f1"] == summary.test_metrics["macro_f1"]
+    best = Ensemble(summary.run.fold_model_dirs())
+    best_expected = compute_metrics(gold, best.predict_proba(texts), False)
+    assert choice["best_config_test"]["macro_f1"] == pytest.approx(best_expected["macro_f1"], abs=1e-9)
+    # and what predict / serve load is that ensemble
+    np.testing.assert_allclose(Ensemble.of_run(summary.run).predict_proba(texts), probabilities(mean, False), atol=1e-6)
 
 
 def test_multilabel_thresholds_tuned_on_out_of_fold_rows(ray_session, tmp_path):

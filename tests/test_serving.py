@@ -23,7 +23,7 @@ from orchestrator.config import ExperimentConfig, ModelConfig, ServeConfig
 from orchestrator.evaluate.ensemble import Ensemble
 from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
 from orchestrator.serve.deployment import (
-    MAX_BODY_BYTES, MAX_TEXTS, RequestError, choose_backend, deploy, onnx_fold_dirs, parse_predict, shutdown,
+    MAX_BODY_BYTES, MAX_TEXTS, RequestError, choose_backend, deploy, onnx_members, parse_predict, shutdown,
 )
 from trainables.export import export_model_dir
 from trainables.models import save_model_dir
@@ -74,6 +74,7 @@ def onnx_only_run(runs, tmp_path_factory):
         ensemble = Ensemble([model_dir], device="cpu")
         export_model_dir(model_dir, root / "export" / f"fold_{model_dir.parent.name}", ensemble.encode(TEXTS))
     shutil.rmtree(root / "folds")
+    shutil.rmtree(root / "trials")  # the models folds/<k> linked to
     return root
 
 
@@ -270,7 +271,8 @@ def test_onnx_exports_are_served(served, client, onnx_only_run, runs):
     assert deploy(onnx_only_run, served[1]) == served[0]
     assert client.info()["backend"] == "onnx"
     response = client.predict(TEXTS)
-    assert_matches(response, OnnxEnsemble(onnx_fold_dirs(RunDir.open(onnx_only_run))), TEXTS)
+    exported = onnx_members(RunDir.open(onnx_only_run))
+    assert_matches(response, OnnxEnsemble([d for d, _ in exported], weights=[w for _, w in exported]), TEXTS)
     assert_matches(response, offline(runs["a"]), TEXTS, tol=1e-4)  # the torch models it was exported from
 
 

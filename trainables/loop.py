@@ -148,6 +148,8 @@ class Trainer:
         self.hooks: HookList = HookList([*build_hooks(cfg, data.multilabel).hooks, *extra_hooks])
         self.fit_state = FitState()
         self.best_weights: Optional[dict[str, torch.Tensor]] = None
+        self.val_logits: Optional[np.ndarray] = None       # of the latest evaluate()
+        self.best_val_logits: Optional[np.ndarray] = None  # of the best epoch: its out-of-fold predictions
         self._started = False
 
     # ---- training ---------------------------------------------------------------------------
@@ -223,6 +225,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Validation loss and metrics (val_*) of the current (or averaged) weights."""
         logits = predict_logits(self.raw_model, self.data.val_ids, self.data.pad_id, self.cfg.eval_batch_size, self.device)
+        self.val_logits = logits
         labels = torch.tensor(self.data.val_labels, dtype=torch.float32 if self.data.multilabel else torch.long)  # copy: object-store arrays are read-only
         loss = self.state.loss_fn(torch.as_tensor(logits), labels).item()
         scores = compute_metrics(self.data.val_labels, probabilities(logits, self.data.multilabel), self.data.multilabel, self.cfg.threshold)
@@ -236,6 +239,7 @@ class Trainer:
         if improved:
             self.fit_state.best_score, self.fit_state.best_epoch, self.fit_state.bad_epochs = score, epoch, 0
             self.best_weights = {k: v.detach().cpu().clone() for k, v in self.raw_model.state_dict().items()}
+            self.best_val_logits = self.val_logits
         else:
             self.fit_state.bad_epochs += 1
         return improved
@@ -252,6 +256,7 @@ class Trainer:
             "step": self.state.step,
             "fit_state": copy.deepcopy(vars(self.fit_state)),
             "best_weights": self.best_weights,
+            "best_val_logits": self.best_val_logits,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "started": self._started,
@@ -267,6 +272,7 @@ class Trainer:
         self.state.step = state["step"]
         self.fit_state = FitState(**state["fit_state"])
         self.best_weights = state["best_weights"]
+        self.best_val_logits = state.get("best_val_logits")
         self._started = state["started"]
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])

@@ -13,6 +13,7 @@ import tempfile
 import traceback
 from pathlib import Path
 
+import numpy as np
 import ray
 import ray.train
 import ray.train.torch
@@ -27,6 +28,7 @@ from trainables.models import build_model, save_model_dir
 TRAIN_STATE = "train_state.pt"
 BEST_DIR = "best"
 HISTORY_FILE = "history.json"
+VAL_LOGITS = "val_logits.npy"  # the best epoch's logits on the fold's validation rows (out-of-fold)
 FAILED = "failed"  # the key of a worker's report that its fold raised (train_fold_worker)
 
 
@@ -42,8 +44,10 @@ def _seed_everything(seed: int) -> None:
 
 def write_checkpoint(directory: Path, trainer: Trainer, payload: dict, model_cfg: ModelConfig) -> None:
     """train_state.pt (exact resume) + best/ (the best model so far, loadable on its own) +
-    history.json (what the driver reads without loading the training state)."""
+    history.json and val_logits.npy (what the driver reads without loading the training state)."""
     torch.save(trainer.state_dict(), directory / TRAIN_STATE)
+    if trainer.best_val_logits is not None:
+        np.save(directory / VAL_LOGITS, trainer.best_val_logits)
     fit = trainer.fit_state
     atomic_write_text(directory / HISTORY_FILE, json.dumps({"history": fit.history, "best_epoch": fit.best_epoch}))
     if trainer.best_weights is not None:

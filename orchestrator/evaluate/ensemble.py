@@ -1,7 +1,8 @@
 """The fold ensemble: K model directories that share one text encoder; logits are averaged.
 
 Multiclass: mean of the K logit vectors, then softmax. Multilabel: mean of the K sigmoid
-probabilities, then the threshold (averaging logits would let one confident fold dominate).
+probabilities, then the threshold (averaging logits would let one confident fold dominate). The mean
+is weighted when the members carry weights (ensemble selection, orchestrator/evaluate/selection.py).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from orchestrator.rundir import RunDir
 from trainables.inference import predict_logits
 from trainables.metrics import predict_labels, probabilities
 from trainables.models import load_model_dir
@@ -25,21 +27,25 @@ class Prediction:
     truncated: list[bool]             # text longer than the model's max_length
 
 
-def combine(fold_logits: np.ndarray, multilabel: bool) -> np.ndarray:
-    """[N, C] ensemble probabilities from [K, N, C] fold logits (the rule in this module's docstring)."""
+def combine(fold_logits: np.ndarray, multilabel: bool, weights: Optional[Sequence[float]] = None) -> np.ndarray:
+    """[N, C] ensemble probabilities from [K, N, C] fold logits (the rule in this module's docstring),
+    members weighted by ``weights`` (default: equal)."""
     if multilabel:
-        return np.mean([probabilities(l, True) for l in fold_logits], axis=0)
-    return probabilities(np.asarray(fold_logits).mean(0), False)
+        return np.average([probabilities(l, True) for l in fold_logits], axis=0, weights=weights)
+    return probabilities(np.average(np.asarray(fold_logits), axis=0, weights=weights), False)
 
 
 class EnsembleBase:
     """Everything but the fold models: subclasses load them in ``_load`` and run them in
     ``fold_logits``; combining folds and naming classes is shared."""
 
-    def __init__(self, model_dirs: Sequence[str | Path]):
+    def __init__(self, model_dirs: Sequence[str | Path], weights: Optional[Sequence[float]] = None):
         if not model_dirs:
             raise FileNotFoundError("no trained fold models found")
+        if weights is not None and len(weights) != len(model_dirs):
+            raise ValueError(f"ensemble: {len(weights)} weights for {len(model_dirs)} models")
         self.model_dirs = [str(d) for d in model_dirs]
+        self.weights = None if weights is None else [float(w) for w in weights]
         self.encoder, self.meta = self._load(self.model_dirs)
         self.classes: list[str] = self.meta["classes"]
         self.multilabel: bool = self.meta["multilabel"]
@@ -58,7 +64,7 @@ class EnsembleBase:
 
     def combine(self, fold_logits: np.ndarray) -> np.ndarray:
         """[N, C] ensemble probabilities from [K, N, C] fold logits."""
-        return combine(fold_logits, self.multilabel)
+        return combine(fold_logits, self.multilabel, self.weights)
 
     def predict_proba(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         return self.combine(self.fold_logits(self.encode(texts), batch_size))
@@ -79,9 +85,16 @@ class EnsembleBase:
 class Ensemble(EnsembleBase):
     """Loads fold models once; ``fold_logits`` gives per-fold outputs, ``predict`` the ensemble."""
 
-    def __init__(self, model_dirs: Sequence[str | Path], device: Optional[str] = None):
+    def __init__(self, model_dirs: Sequence[str | Path], device: Optional[str] = None,
+                 weights: Optional[Sequence[float]] = None):
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        super().__init__(model_dirs)
+        super().__init__(model_dirs, weights)
+
+    @classmethod
+    def of_run(cls, run: RunDir, device: Optional[str] = None) -> "Ensemble":
+        """The run's ensemble (``RunDir.ensemble_members``: selected configs' folds, or the best config's)."""
+        members = run.ensemble_members()
+        return cls([m.model_dir for m in members], device, [m.weight for m in members])
 
     def _load(self, model_dirs: list[str]) -> tuple[TextEncoder, dict]:
         loaded = [load_model_dir(d, self.device) for d in model_dirs]

@@ -21,7 +21,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -47,16 +47,23 @@ DEFINITION = (f"size: weight files; texts/s: batch {BATCH_SIZE}, {THREADS} threa
 @dataclass(frozen=True)
 class Artifact:
     """One scoreable model: ``dirs`` are model directories (torch) or export directories (ONNX);
-    several directories are an ensemble."""
+    several directories are an ensemble, combined with ``weights`` (default: equal)."""
 
     name: str
     backend: str
     dirs: tuple[Path, ...]
+    weights: Optional[tuple[float, ...]] = None
 
     def load_member(self, directory: Path) -> EnsembleBase:
         if self.backend == "torch":
             return Ensemble([directory])
         return OnnxEnsemble([directory], int8=self.backend == "onnx int8", threads=THREADS)
+
+
+def ensemble_artifact(run: RunDir, name: str = "ensemble") -> Artifact:
+    """The run's ensemble (its members and weights) in torch."""
+    members = run.ensemble_members()
+    return Artifact(name, "torch", tuple(m.model_dir for m in members), tuple(m.weight for m in members))
 
 
 def digest(directories: Sequence[Path], *parts: str) -> str:
@@ -148,7 +155,7 @@ def measure(run: RunDir, artifact: Artifact) -> dict:
     members = [_member(run, artifact, d) for d in artifact.dirs]
     meta = json.loads((artifact.dirs[0] / META_FILE).read_text())
     _, gold = evaluation_data(run)
-    probs = combine(np.stack([logits for logits, _ in members]), meta["multilabel"])
+    probs = combine(np.stack([logits for logits, _ in members]), meta["multilabel"], artifact.weights)
     params = [info["parameters"] for _, info in members]
     return {**compute_metrics(gold, probs, meta["multilabel"], meta.get("threshold", 0.5)),
             "parameters": None if None in params else sum(params),

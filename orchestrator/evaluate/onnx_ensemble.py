@@ -19,10 +19,11 @@ class OnnxEnsemble(EnsembleBase):
     """One ONNX Runtime session per fold; ``int8`` picks the quantized models, ``threads`` caps
     each session's intra-op pool."""
 
-    def __init__(self, export_dirs: Sequence[str | Path], int8: bool = False, threads: Optional[int] = None):
+    def __init__(self, export_dirs: Sequence[str | Path], int8: bool = False, threads: Optional[int] = None,
+                 weights: Optional[Sequence[float]] = None):
         self.int8 = int8
         self.threads = threads
-        super().__init__(export_dirs)
+        super().__init__(export_dirs, weights)
 
     def _load(self, model_dirs: list[str]) -> tuple[TextEncoder, dict]:
         loaded = [load_export_dir(d, self.int8, self.threads) for d in model_dirs]

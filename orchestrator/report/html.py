@@ -17,7 +17,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 from orchestrator.rundir import RunDir
 from orchestrator.evaluate.measure import DEFINITION
-from orchestrator.report.compare import COLUMNS, stage_comparison
+from orchestrator.report.compare import COLUMNS, ensemble_rows, stage_comparison
 from trainables.atomic import atomic_write_bytes, atomic_write_text
 
 TEXT_COLUMNS = ("model", "backend", "device")
@@ -201,6 +201,14 @@ def trials_section(run: RunDir) -> str:
     trials = json.loads(run.trials_json.read_text())
     table = _table(("config", "fold scores", "mean ± std", "time (s)"), map(trial_cells, trials["trials"]),
                    (False, True, True, True), best_first=True)
+    selection = ensemble_rows(trials.get("ensemble", {}))
+    if selection:
+        cell = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+        table += ("<h3>Ensemble selection</h3><p class=\"sub\">Configs weighed greedily, with replacement, on their "
+                  "out-of-fold predictions (Caruana et al. 2004); the selection is the run's ensemble.</p>"
+                  + _table(("ensemble", "OOF macro-F1", "test macro-F1", "configs"),
+                           ([r["ensemble"], cell(r["oof_macro_f1"]), cell(r["test_macro_f1"]), r["configs"]] for r in selection),
+                           (False, True, True, False), best_first=True))
     return (f"<h2>Trials</h2><p class=\"sub\">{len(trials['trials'])} config(s) × {trials['folds']} fold(s), "
             f"ranked by the cross-fold mean of {_e(trials['metric'])} ({_e(trials['mode'])}); the best is highlighted.</p>{table}")
 

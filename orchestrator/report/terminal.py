@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.report.compare import COLUMNS
+from orchestrator.report.compare import COLUMNS, ensemble_rows
 from orchestrator.report.html import STAGE_HEADERS, TEXT_COLUMNS, stage_cells, trial_cells
 
 
@@ -29,6 +29,15 @@ def print_summary(summary, console: Console) -> None:
         console.print(trials)
     if summary.oof_metrics:
         console.print(f"out-of-fold: macro-F1 {summary.oof_metrics['macro_f1']:.4f}  accuracy {summary.oof_metrics['accuracy']:.4f}")
+    selection = ensemble_rows(summary.ensemble)
+    if selection:
+        table = Table(title="ensemble selection on OOF predictions (Caruana) vs the best config")
+        for col in ("ensemble", "OOF macro-F1", "test macro-F1", "configs"):
+            table.add_column(col)
+        for row in selection:
+            table.add_row(row["ensemble"], *(f"{row[k]:.4f}" if row[k] is not None else "-" for k in ("oof_macro_f1", "test_macro_f1")),
+                          Text(row["configs"]))
+        console.print(table)
     m = summary.test_metrics
     if m:
         console.print(f"test: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  micro-F1 {m['micro_f1']:.4f}  weighted-F1 {m['weighted_f1']:.4f}")

@@ -35,26 +35,33 @@ logger = logging.getLogger("ray.serve")
 
 
 # ---- the run's models ----
-def onnx_fold_dirs(run: RunDir) -> list[Path]:
-    """ONNX exports of the fold models (``export/fold_<k>/``), in fold order."""
-    dirs = [p for p in run.stage_dir("export").glob("fold_*") if (p / ONNX_FILE).is_file()]
-    return sorted(dirs, key=lambda p: int(p.name.removeprefix("fold_")))
+def onnx_members(run: RunDir) -> list[tuple[Path, float]]:
+    """(export directory, weight) of every ensemble member (``export/<name>/``); for a run directory
+    without an ensemble.json, every ``export/fold_<k>/`` equally. Empty unless all are exported."""
+    members = run.ensemble_members()
+    if members:
+        found = [(run.export_dir(m.name), m.weight) for m in members]
+        return found if all((d / ONNX_FILE).is_file() for d, _ in found) else []
+    dirs = sorted((p for p in run.stage_dir("export").glob("fold_*") if (p / ONNX_FILE).is_file()),
+                  key=lambda p: int(p.name.removeprefix("fold_")))
+    return [(d, 1.0 / len(dirs)) for d in dirs]
 
 
 def choose_backend(run: RunDir, onnx: bool = False) -> str:
     """"onnx" when asked or when the run has only ONNX exports, else "torch"; RunDirError if it has neither."""
-    if not onnx and run.fold_model_dirs():
+    members = run.ensemble_members()
+    if not onnx and members and all((m.model_dir / META_FILE).is_file() for m in members):
         return "torch"
-    if onnx_fold_dirs(run):
+    if onnx_members(run):
         return "onnx"
-    wanted = f"ONNX exports (export/fold_<k>/{ONNX_FILE})" if onnx else "fold models or ONNX exports"
+    wanted = f"ONNX exports (export/<member>/{ONNX_FILE})" if onnx else "ensemble models or ONNX exports"
     raise RunDirError(f"{run.root}: no {wanted} to serve")
 
 
 def onnx_precision(run: RunDir) -> tuple[str, str]:
-    """("int8" | "fp32", why): int8 only where the export stage measured every fold's int8 model within
+    """("int8" | "fp32", why): int8 only where the export stage measured every member's int8 model within
     ``export.max_int8_drop`` macro-F1 of fp32 (export/int8_check.json)."""
-    dirs = onnx_fold_dirs(run)
+    dirs = [d for d, _ in onnx_members(run)]
     if not run.int8_check.is_file() or not all((d / INT8_FILE).is_file() for d in dirs):
         return "fp32", "no checked int8 export"
     checks = json.loads(run.int8_check.read_text())
@@ -73,8 +80,9 @@ def load_ensemble(run: RunDir, backend: str, threads: int = REPLICA_CPUS, int8: 
     if backend == "onnx":
         from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
 
-        return OnnxEnsemble(onnx_fold_dirs(run), int8=int8, threads=threads)
-    return Ensemble(run.fold_model_dirs(), device="cpu")
+        exported = onnx_members(run)
+        return OnnxEnsemble([d for d, _ in exported], int8=int8, threads=threads, weights=[w for _, w in exported])
+    return Ensemble.of_run(run, device="cpu")
 
 
 def model_id(run: RunDir) -> str:

@@ -1,12 +1,12 @@
-"""The distill stage: the run's fold models teach a student.
+"""The distill stage: the run's ensemble (or one fold model) teaches a student.
 
 cross: any student (``distill.student``) trained like a fold, through Ray Train, with the
 ``TeacherDistillation`` hook; self: TextBrewer layer-to-layer distillation of an HF fold model into
 a shallower copy of itself, in a Ray task. Both learn from the teacher logits of the training pool,
 computed once and cached. Everything lands in run/distill/:
 
-  teacher_logits.npy/.json   [K, N, C] logits of every fold model on the pool (train + val rows) and
-                             the key (fold model files + pool texts) they were computed for
+  teacher_logits.npy/.json   [K, N, C] logits of every teacher model on the pool (train + val rows)
+                             and the key (teacher model files + pool texts) they were computed for
   model/                     the student, a model directory (load_model_dir)
   history.json, metrics.csv  the student's per-epoch metrics
   report.json                student vs teacher: orchestrator/evaluate/measure.py's figures
@@ -31,6 +31,7 @@ from orchestrator.config import ConfigError, ExperimentConfig, with_overrides
 from orchestrator.data import Dataset, fold_plan, label_array, load_stop_words
 from orchestrator.evaluate.ensemble import Ensemble
 from orchestrator.evaluate.measure import DEFINITION, Artifact, describe, digest, measure
+from orchestrator.evaluate.selection import combined_logits
 from orchestrator.rundir import RunDir, write_json
 from orchestrator.train.cluster import use_gpu
 from orchestrator.train.folds import build_torch_trainer, collect_fold, fold_data, model_meta, record_fold
@@ -54,24 +55,25 @@ def run_distill(cfg: ExperimentConfig, run: RunDir, log: Callable[[str], Any] = 
     student afresh; only the teacher logits are reused while the fold models and the pool are unchanged.
     """
     dcfg, student_cfg = cfg.distill, student_config(cfg)
-    fold_dirs = run.fold_model_dirs()
-    chosen = teacher_folds(dcfg.teacher, len(fold_dirs))
-    if dcfg.mode == "self" and json.loads((fold_dirs[chosen[0]] / "model.json").read_text())["model"]["kind"] != "hf":
+    teacher_dirs, weights = teachers(run, dcfg.teacher)
+    if dcfg.mode == "self" and json.loads((teacher_dirs[0] / "model.json").read_text())["model"]["kind"] != "hf":
         raise ConfigError("distill.mode: 'self' copies layers of an hf teacher; the fold models are not hf (use mode 'cross')")
     folder = run.stage_dir("distill")
     folder.mkdir(parents=True, exist_ok=True)
     dataset, train_idx, val_idx = training_pool(run, cfg.seed)
     pool_texts = dataset.train.texts + dataset.val.texts
-    logits, cached = on_worker(student_cfg, pool_teacher_logits, fold_dirs, pool_texts, folder)
+    logits, cached = on_worker(student_cfg, pool_teacher_logits, teacher_dirs, pool_texts, folder)
     log(f"distill: teacher logits {'reused from' if cached else 'written to'} {folder / 'teacher_logits.npy'}")
-    teacher_logits = logits[chosen][:, train_idx]  # rows of the student's FoldData.train_ids
+    teacher_logits = logits[:, train_idx]  # rows of the student's FoldData.train_ids
+    if dcfg.teacher_mix == "average" and len(teacher_dirs) > 1:  # one target: the ensemble's own (weighted) combination
+        teacher_logits = combined_logits(teacher_logits, dataset.multilabel, weights)[None]
     started, settings = time.perf_counter(), distill_settings(dcfg)
     if dcfg.mode == "cross":
         train_cross(student_cfg, run, dataset, teacher_logits, train_idx, val_idx, started, settings)
     else:
-        on_worker(student_cfg, train_self, student_cfg, dataset, fold_dirs[chosen[0]], teacher_logits, train_idx,
+        on_worker(student_cfg, train_self, student_cfg, dataset, teacher_dirs[0], teacher_logits, train_idx,
                   val_idx, folder, started, settings)
-    report = on_worker(student_cfg, compare_with_teacher, run.root, tuple(fold_dirs[k] for k in chosen), folder / "model")
+    report = on_worker(student_cfg, compare_with_teacher, run.root, tuple(teacher_dirs), tuple(weights), folder / "model")
     history = json.loads((folder / "history.json").read_text())
     report = {"config": settings, "teacher_logits": "cached" if cached else "computed",
               "train_time_s": history["train_time_s"], "best_epoch": history["best"]["epoch"], **report}
@@ -99,16 +101,18 @@ def distill_settings(dcfg) -> dict:
     return {k: v for k, v in dcfg.model_dump(mode="json").items() if k not in unused}
 
 
-def teacher_folds(teacher: str, folds: int) -> list[int]:
-    """Fold indices of the teachers: all of them for "ensemble", k for "fold:<k>"."""
-    if folds == 0:
-        raise FileNotFoundError("distill: the run has no trained fold models")
+def teachers(run: RunDir, teacher: str) -> tuple[list[Path], list[float]]:
+    """(model directories, weights) of the teachers: the run's ensemble (``RunDir.ensemble_members``)
+    for "ensemble", fold k of the best config for "fold:<k>"."""
     if teacher == "ensemble":
-        return list(range(folds))
-    k = int(teacher.split(":")[1])
-    if k >= folds:
-        raise ConfigError(f"distill.teacher: {teacher!r} but the run has {folds} fold model(s)")
-    return [k]
+        members = run.ensemble_members()
+        if not members:
+            raise FileNotFoundError("distill: the run has no trained fold models")
+        return [m.model_dir for m in members], [m.weight for m in members]
+    folds, k = run.fold_model_dirs(), int(teacher.split(":")[1])
+    if k >= len(folds):
+        raise ConfigError(f"distill.teacher: {teacher!r} but the run has {len(folds)} fold model(s)")
+    return [folds[k]], [1.0]
 
 
 def training_pool(run: RunDir, seed: int) -> tuple[Dataset, np.ndarray, np.ndarray]:
@@ -148,10 +152,8 @@ def _with_threads(threads: int, fn: Callable, *args) -> Any:
 
 
 def pool_teacher_logits(fold_dirs: Sequence[Path], texts: Sequence[str], folder: Path) -> tuple[np.ndarray, bool]:
-    """([K, N, C] logits of every fold model on ``texts``, whether they came from the cache in ``folder``).
-
-    All K folds are cached whatever distill.teacher picks, so changing the teacher reuses them.
-    """
+    """([K, N, C] logits of the K teacher models on ``texts``, whether they came from the cache in
+    ``folder`` (kept while the teachers and the texts are unchanged)."""
     key = digest(fold_dirs, "\0".join(texts))
     array, info = folder / "teacher_logits.npy", folder / "teacher_logits.json"
     if array.is_file() and info.is_file() and json.loads(info.read_text()).get("key") == key:
@@ -199,11 +201,11 @@ def train_self(cfg: ExperimentConfig, dataset: Dataset, teacher_dir: Path, teach
     record_fold(folder, 0, history, time.perf_counter() - started, settings)
 
 
-def compare_with_teacher(run_root: Path, teacher_dirs: tuple[Path, ...], student_dir: Path) -> dict:
-    """Teacher(s) (combined like the fold ensemble) and student on the run's evaluation split."""
+def compare_with_teacher(run_root: Path, teacher_dirs: tuple[Path, ...], weights: tuple[float, ...], student_dir: Path) -> dict:
+    """Teacher(s) (combined like the ensemble, with its weights) and student on the run's evaluation split."""
     run = RunDir(Path(run_root))
-    teacher, student = (measure(run, Artifact(name, "torch", dirs)) | {"model": describe(dirs[0])}
-                        for name, dirs in (("teacher", teacher_dirs), ("student", (student_dir,))))
+    teacher, student = (measure(run, Artifact(name, "torch", dirs, w)) | {"model": describe(dirs[0])}
+                        for name, dirs, w in (("teacher", teacher_dirs, weights), ("student", (student_dir,), None)))
     return {"split": run.evaluation_split_name, "rows": len(run.evaluation_split().texts), "measured": DEFINITION,
             "teacher": teacher, "student": student,
             "compression": teacher["parameters"] / student["parameters"],

@@ -57,7 +57,7 @@ def run_stages(cfg: ExperimentConfig, run: RunDir, log: Callable[[str], Any] = p
     import ray
 
     dumped = cfg.model_dump(mode="json")
-    upstream_key, upstream = cfg.train_key(), None
+    upstream_key, upstream = cfg.ensemble_key(), None
     plan = []
     for stage in STAGES:
         if not stage.enabled(cfg):

@@ -25,7 +25,7 @@ from orchestrator.train.cluster import use_gpu
 from orchestrator.train.errors import TrainingError
 from trainables.atomic import atomic_write_text
 from trainables.loop import FoldData, best_row
-from trainables.ray_worker import BEST_DIR, FAILED, HISTORY_FILE, TRAIN_STATE, train_fold_worker
+from trainables.ray_worker import BEST_DIR, FAILED, HISTORY_FILE, TRAIN_STATE, VAL_LOGITS, train_fold_worker
 from trainables.text.base import TextEncoder
 from trainables.text.encoders import build_text_encoder
 
@@ -120,8 +120,9 @@ def write_epoch_logs(folder: Path, history: list[dict], best: dict, hparams: dic
 
 
 def collect_fold(result: Any, fold: int, folder: Path, started: float, hparams: Optional[dict] = None) -> FoldResult:
-    """Copy the best model out of the fold's last Ray checkpoint into ``folder``/model and record
-    its history in ``folder``/history.json, metrics.csv and tensorboard/."""
+    """Copy the best model out of the fold's last Ray checkpoint into ``folder``/model (and its
+    validation logits to ``folder``/val_logits.npy) and record its history in
+    ``folder``/history.json, metrics.csv and tensorboard/."""
     if failure(result) is not None:
         raise TrainingError(f"fold {fold}: {failure(result)}")
     if result.checkpoint is None:
@@ -135,6 +136,8 @@ def collect_fold(result: Any, fold: int, folder: Path, started: float, hparams: 
         shutil.copytree(Path(ckpt) / BEST_DIR, tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
+        if (Path(ckpt) / VAL_LOGITS).exists():
+            shutil.copyfile(Path(ckpt) / VAL_LOGITS, folder / VAL_LOGITS)
     return record_fold(folder, fold, history, time.perf_counter() - started, hparams or {})
 
 
