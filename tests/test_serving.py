@@ -74,7 +74,7 @@ def onnx_only_run(runs, tmp_path_factory):
         ensemble = Ensemble([model_dir], device="cpu")
         export_model_dir(model_dir, root / "export" / f"fold_{model_dir.parent.name}", ensemble.encode(TEXTS))
     shutil.rmtree(root / "folds")
-    shutil.rmtree(root / "trials")  # the models folds/<k> linked to
+    shutil.rmtree(root / "trials", ignore_errors=True)  # the models folds/<k> link to, in a pipeline-made run
     return root
 
 

@@ -246,7 +246,7 @@ class Classifier:
             "run": self.run_name, "model": self.model, "labels": e.classes, "multilabel": e.multilabel,
             "threshold": e.threshold, "max_length": e.encoder.max_length, "backend": self.backend,
             "onnx_precision": dict(zip(("precision", "reason"), self.precision)) if self.precision else None,
-            "fold_models": fold_models(e.model_dirs), "batching": self.batching, "replicas": context.world_size,
+            "fold_models": fold_models(e.model_dirs), "weights": e.weights, "batching": self.batching, "replicas": context.world_size,
             "limits": {"max_texts": MAX_TEXTS, "max_body_bytes": MAX_BODY_BYTES},
             "versions": package_versions(), "trained_with": self.trained_with,
         }
