@@ -120,6 +120,8 @@ def test_kfold_grid_search_picks_best_fold_mean(ray_session, tmp_path):
     assert choice["best_config_test"]["macro_f1"] == pytest.approx(best_expected["macro_f1"], abs=1e-9)
     # and what predict / serve load is that ensemble
     np.testing.assert_allclose(Ensemble.of_run(summary.run).predict_proba(texts), probabilities(mean, False), atol=1e-6)
+    html = (root / "report.html").read_text(encoding="utf-8")
+    assert "Ensemble selection" in html and f"{choice['oof']['macro_f1']:.4f}" in html
 
 
 def test_multilabel_thresholds_tuned_on_out_of_fold_rows(ray_session, tmp_path):

@@ -57,3 +57,16 @@ def test_multilabel_selection_weights_sum_to_one():
     good = np.where(gold > 0, 3.0, -3.0) + rng.normal(scale=2.5, size=gold.shape)
     weights, _ = select(np.stack([rng.normal(size=gold.shape), good]), gold, multilabel=True, rounds=6)
     assert weights.sum() == pytest.approx(1.0) and weights[1] > weights[0]
+
+
+def test_ensemble_rows_show_selection_and_best_config_side_by_side():
+    from orchestrator.report.compare import ensemble_rows
+
+    choice = {"kind": "selection", "members": 6, "config_weights": [{"params": {"train.lr": 0.001}, "weight": 0.75},
+                                                                     {"params": {"train.lr": 0.003}, "weight": 0.25}],
+              "oof": {"macro_f1": 0.81}, "test": {"macro_f1": 0.8}, "best_config_oof": {"macro_f1": 0.79},
+              "best_config_test": {"macro_f1": 0.78}}
+    selection, best = ensemble_rows(choice)
+    assert (selection["oof_macro_f1"], selection["test_macro_f1"], best["oof_macro_f1"], best["test_macro_f1"]) == (0.81, 0.8, 0.79, 0.78)
+    assert selection["ensemble"] == "selection (6 models)" and '0.75 × {"train.lr": 0.001}' in selection["configs"]
+    assert ensemble_rows({"kind": "best_config"}) == [] and ensemble_rows({}) == []
