@@ -39,3 +39,14 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> None:
     """``atomic_write_bytes`` of ``text`` encoded with ``encoding``."""
     atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_save_npy(path: str | Path, array) -> None:
+    """``np.save`` of ``array`` to ``path``, atomically (``atomic_write_bytes``)."""
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic_write_bytes(path, buffer.getvalue())

@@ -6,7 +6,6 @@ scores each model once per run; later reports (stage comparison, distill, prune)
 """
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Optional
@@ -21,7 +20,7 @@ from orchestrator.evaluate.selection import combined_logits, select
 from orchestrator.report.test_report import write_test_report
 from orchestrator.rundir import RunDir, write_json
 from orchestrator.train.folds import FoldResult
-from trainables.atomic import atomic_write_bytes
+from trainables.atomic import atomic_save_npy
 from trainables.inference import predict_logits
 from trainables.metrics import SCORES, compute_metrics, probabilities, tune_thresholds
 from trainables.models import META_FILE
@@ -92,7 +91,7 @@ def choose_ensemble(cfg: ExperimentConfig, run: RunDir, shared: dict, multilabel
     oofs = [config_oof(run, r["trial_ids"], shared, num_classes) for r in rows]
     for rank, (logits, _) in enumerate(oofs):
         run.config_oof(rank).parent.mkdir(parents=True, exist_ok=True)
-        save_array(run.config_oof(rank), logits)
+        atomic_save_npy(run.config_oof(rank), logits)
     stacked, covered = np.stack([l for l, _ in oofs]), oofs[0][1]
     threshold, labels = cfg.train.threshold, shared["labels"]
     kind = "selection" if cfg.cv.ensemble == "selection" and k > 1 and len(rows) > 1 else "best_config"
@@ -112,16 +111,9 @@ def choose_ensemble(cfg: ExperimentConfig, run: RunDir, shared: dict, multilabel
     return {**choice, "oof_logits": (combined_logits(stacked, multilabel, weights), covered)}
 
 
-def save_array(path: Path, array: np.ndarray) -> None:
-    """np.save, atomically."""
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def write_oof(run: RunDir, oof: np.ndarray, covered: np.ndarray, labels: np.ndarray, multilabel: bool, threshold) -> dict:
     """Out-of-fold metrics (at the configured threshold) to oof_metrics.json, logits to oof_logits.npy."""
-    save_array(run.oof_logits, oof)
+    atomic_save_npy(run.oof_logits, oof)
     metrics = compute_metrics(labels, probabilities(oof, multilabel), multilabel, threshold)
     write_json(run.oof_metrics, {**metrics, "rows": len(oof), "rows_covered_once": int((covered == 1).sum())})
     return metrics

@@ -16,7 +16,6 @@ bytes, summed seconds per text (the members run one after the other).
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import time
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from orchestrator.data import label_array
 from orchestrator.evaluate.ensemble import Ensemble, EnsembleBase, combine
 from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
 from orchestrator.rundir import RunDir, write_json
-from trainables.atomic import atomic_write_bytes
+from trainables.atomic import atomic_save_npy
 from trainables.export import INT8_FILE, ONNX_FILE
 from trainables.metrics import compute_metrics
 from trainables.models import HF_CONFIG_DIR, META_FILE, MODEL_FILE, count_parameters
@@ -136,10 +135,8 @@ def _member(run: RunDir, artifact: Artifact, directory: Path) -> tuple[np.ndarra
             "parameters": count_parameters(model.models) if isinstance(model, Ensemble) else None,
             "bytes": (Path(directory) / WEIGHT_FILES[artifact.backend]).stat().st_size,
             "seconds_per_text": _timed(model, split.texts), "split": run.evaluation_split_name}
-    buffer = io.BytesIO()
-    np.save(buffer, logits)
     run.measurements_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(logits_path, buffer.getvalue())
+    atomic_save_npy(logits_path, logits)
     write_json(info_path, info)
     return logits, info
 

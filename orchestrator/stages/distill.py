@@ -18,7 +18,6 @@ CPUs (and GPU), so the stage task itself only waits.
 """
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import time
@@ -35,7 +34,7 @@ from orchestrator.evaluate.selection import combined_logits
 from orchestrator.rundir import RunDir, write_json
 from orchestrator.train.cluster import use_gpu
 from orchestrator.train.folds import build_torch_trainer, collect_fold, fold_data, model_meta, record_fold
-from trainables.atomic import atomic_write_bytes
+from trainables.atomic import atomic_save_npy
 from trainables.config import ModelConfig
 from trainables.distill import TeacherDistillation, self_distill
 from trainables.loop import FoldData
@@ -160,9 +159,7 @@ def pool_teacher_logits(fold_dirs: Sequence[Path], texts: Sequence[str], folder:
         return np.load(array), True
     ensemble = Ensemble(fold_dirs)
     logits = ensemble.fold_logits(ensemble.encode(texts))
-    buffer = io.BytesIO()
-    np.save(buffer, logits)
-    atomic_write_bytes(array, buffer.getvalue())
+    atomic_save_npy(array, logits)
     write_json(info, {"key": key, "shape": list(logits.shape), "fold_models": [str(d) for d in fold_dirs]})  # last: it validates the array
     return logits, False
 
