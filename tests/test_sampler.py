@@ -109,3 +109,17 @@ def test_sampler_options_are_validated():
         BucketBatchSampler([3, 4], 2, strata=[0])
     with pytest.raises(ConfigError, match="bucket_pool"):
         with_overrides(ExperimentConfig(), {"train.bucket_pool": 0})
+
+
+@pytest.mark.parametrize("sampler", ["bucket", "random"])
+@pytest.mark.parametrize("world", [2, 3])
+def test_every_rank_gets_the_same_number_of_batches_and_all_rows_are_covered(example1, sampler, world):
+    """DDP all-reduces every step: a rank with one batch fewer would leave the others waiting forever.
+    15 batches of 16 rows (240 rows) split over 2 or 3 ranks; the padding repeats the first batches."""
+    lengths, labels = example1[0][:235], example1[1][:235]
+    data = fold(lengths, labels)
+    cfg = TrainConfig(sampler=sampler, batch_size=16)
+    ranks = [epoch_batches(data, cfg, 0, 1, rank, world) for rank in range(world)]
+    assert len({len(r) for r in ranks}) == 1 and len(ranks[0]) == -(-15 // world)
+    assert sorted({i for r in ranks for b in r for i in b}) == list(range(235))
+    assert sum(len(b) for b in epoch_batches(data, cfg, 0, 1)) == 235  # one rank: no padding

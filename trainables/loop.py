@@ -86,7 +86,9 @@ def autocast_factory(amp: str, device: torch.device) -> tuple[Callable[[], conte
 
 
 def epoch_batches(data: FoldData, cfg: TrainConfig, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[list[int]]:
-    """Index batches of one epoch, deterministic in (seed, epoch); rank r of world takes every world-th batch."""
+    """Index batches of one epoch, deterministic in (seed, epoch); rank r of world takes every world-th batch.
+    With several ranks the list is first padded with its own first batches (as DistributedSampler pads
+    rows) so every rank runs the same number of steps: DDP's gradient all-reduce waits for each rank."""
     n, size = len(data.train_ids), cfg.batch_size
     if cfg.sampler == "bucket":
         sampler = BucketBatchSampler([len(x) for x in data.train_ids], size, seed=seed, pool=cfg.bucket_pool,
@@ -100,6 +102,7 @@ def epoch_batches(data: FoldData, cfg: TrainConfig, seed: int, epoch: int, rank:
         else:
             order = torch.randperm(n, generator=gen).tolist()
         batches = [order[i : i + size] for i in range(0, n, size)]
+    batches += batches[: -len(batches) % world]
     return batches[rank::world]
 
 
