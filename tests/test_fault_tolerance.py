@@ -198,6 +198,68 @@ def test_killed_worker_restarts_from_the_folds_last_checkpoint(ray_session, tmp_
     assert_nothing_left(pgs_before, actors_before)
 
 
+def test_an_error_on_one_of_two_workers_fails_the_fold_after_one_attempt(ray_session, tmp_path):
+    """With 2 workers, a deterministic error on rank 1 cannot be reported by rank 1 alone: it leaves a
+    note and raises; Ray Train restarts the group once, and both ranks of that attempt report the
+    note's error before training. One attempt trained (each rank started once), not 3."""
+    import ray
+
+    from orchestrator.data import load_dataset
+    from orchestrator.rundir import RunDir
+    from orchestrator.train.folds import build_torch_trainer, failure, fold_data, prepare_folds
+    from trainables.hooks import Hook
+    from trainables.ray_worker import FAILURE_NOTE
+
+    starts = tmp_path / "starts.txt"
+
+    class FailOnRank1(Hook):  # defined here: pickled by value into the workers
+        def on_fit_start(self, state):
+            import ray.train
+
+            with open(starts, "a") as out:
+                out.write(f"{ray.train.get_context().get_world_rank()}\n")
+
+        def after_optimizer_step(self, state):
+            import ray.train
+
+            if ray.train.get_context().get_world_rank() == 1 and state.step == 2:
+                raise ValueError("bad batch on rank 1")
+
+    cfg = with_overrides(load_config(SMOKE), {"runs_dir": str(tmp_path), "train.num_workers": 2, "train.epochs": 1})
+    dataset = load_dataset(cfg.data, cfg.seed)
+    shared = prepare_folds(cfg, dataset)
+    data = fold_data(shared["ids"], shared["labels"], *shared["plan"][0], shared["encoder"], len(dataset.classes), dataset.multilabel)
+    payload = {"data": data, "text_encoder": shared["encoder"], "meta": shared["meta"], "hooks": [FailOnRank1()]}
+    run = RunDir(tmp_path / "two_workers")
+    result = build_torch_trainer(cfg, run, "fold", ray.put(payload)).fit()
+    assert failure(result) == "ValueError: bad batch on rank 1"
+    assert sorted(starts.read_text().split()) == ["0", "1"]
+    assert json.loads((run.ray_run("fold") / FAILURE_NOTE).read_text()) == {"error": "ValueError: bad batch on rank 1", "rank": 1}
+
+
+def test_a_killed_worker_of_two_restarts_the_fold_from_its_checkpoint(ray_session, tmp_path):
+    """SIGKILL of one of a fold's 2 DDP workers: the other rank's collective error (gloo: connection
+    reset) is not taken for a deterministic one, so the group restarts from the checkpoint and the
+    fold trains every epoch exactly once."""
+    epochs = 6
+    cfg = with_overrides(load_config(SMOKE), {"name": "two_worker_kill", "runs_dir": str(tmp_path), "train.epochs": epochs,
+                                               "train.num_workers": 2, "train.early_stopping_patience": None})
+    root = tmp_path / "two_worker_kill"
+    killer = WorkerKiller(root / "ray")
+    killer.start()
+    try:
+        summary = run_experiment(cfg, log=lambda *_: None)
+    finally:
+        killer.stop.set()
+        killer.join(timeout=10)
+    assert killer.error is None and killer.killed_pid, killer.error
+    assert [h["epoch"] for h in summary.folds[0].history] == list(range(1, epochs + 1))
+    (rows,) = tune_reports(root).values()
+    starts = sorted({r["start_epoch"] for r in rows if "start_epoch" in r})
+    assert starts[0] == 0 and len(starts) == 2 and starts[1] >= killer.checkpoint_epoch, starts
+    assert summary.test_metrics["macro_f1"] > 0.6
+
+
 def _run_cli(args: list[str], log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONUNBUFFERED"] = "1"

@@ -30,6 +30,7 @@ BEST_DIR = "best"
 HISTORY_FILE = "history.json"
 VAL_LOGITS = "val_logits.npy"  # the best epoch's logits on the fold's validation rows (out-of-fold)
 FAILED = "failed"  # the key of a worker's report that its fold raised (train_fold_worker)
+FAILURE_NOTE = "failed_rank.json"  # in the fold's Ray run folder: a rank's error, for the ranks of the next attempt
 
 
 def _seed_everything(seed: int) -> None:
@@ -65,22 +66,61 @@ def train_fold_worker(config: dict) -> None:
     An exception raised by the code or the data (a bad option, a shape mismatch) would be raised
     again by every retry, so it ends the fold at once: the worker reports it under ``FAILED`` and
     returns. Ray's own errors (a lost object) and a dead worker (SIGKILL, a lost node) are left to
-    Ray Train, which restarts the fold from its last checkpoint. With several workers the error is
-    raised as it is: the other ranks would wait for this one's report.
+    Ray Train, which restarts the fold from its last checkpoint.
+
+    With several workers a failing rank cannot report alone (``ray.train.report`` waits for every
+    rank), so it writes its error to ``config["failure_note"]`` (first writer wins) and raises; Ray
+    Train restarts the group, and every rank of the new attempt finds the note and reports the error
+    before training. A collective's error (a peer died: gloo/NCCL, connection reset) is not written,
+    so a lost worker still restarts from the checkpoint.
     """
+    note = Path(config["failure_note"]) if config.get("failure_note") else None
+    if note is not None and note.is_file():
+        _report_failure(json.loads(note.read_text())["error"])
+        return
     try:
         _train_fold(config)
     except ray.exceptions.RayError:
         raise
     except Exception as exc:
-        if ray.train.get_context().get_world_size() > 1:
-            raise
         traceback.print_exc()
-        # NaN scores: Tune insists on its metric in every result; a searcher treats NaN as a failed trial.
-        # An (empty) checkpoint: the trainer's Result carries the metrics of its latest checkpoint.
-        metrics = {FAILED: f"{type(exc).__name__}: {exc}".splitlines()[0], **dict.fromkeys(VAL_METRICS, float("nan"))}
-        with tempfile.TemporaryDirectory(prefix="fold-failed-") as tmp:
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        message = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if ray.train.get_context().get_world_size() == 1:
+            _report_failure(message)
+            return
+        if note is not None and not _collective_error(exc):
+            _write_note(note, message)
+        raise
+
+
+def _collective_error(exc: Exception) -> bool:
+    """An error of torch.distributed's transport: what the ranks still alive see when a peer dies."""
+    import torch.distributed as dist
+
+    text = str(exc)
+    return isinstance(exc, getattr(dist, "DistError", ())) or any(
+        mark in text for mark in ("gloo", "NCCL", "Connection reset", "Connection closed", "Broken pipe"))
+
+
+def _write_note(note: Path, message: str) -> None:
+    """Create ``note`` holding ``message`` unless another rank's error got there first."""
+    try:
+        with open(note, "x") as out:
+            out.write(json.dumps({"error": message, "rank": ray.train.get_context().get_world_rank()}))
+    except FileExistsError:
+        pass
+
+
+def _report_failure(message: str) -> None:
+    """Every rank reports the fold's error under ``FAILED``; NaN scores (Tune insists on its metric in
+    every result; a searcher treats NaN as a failed trial) and, from rank 0, an empty checkpoint (the
+    trainer's Result carries the metrics of its latest checkpoint)."""
+    metrics = {FAILED: message, **dict.fromkeys(VAL_METRICS, float("nan"))}
+    if ray.train.get_context().get_world_rank() != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="fold-failed-") as tmp:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
 def _train_fold(config: dict) -> None:

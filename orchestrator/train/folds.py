@@ -25,7 +25,7 @@ from orchestrator.train.cluster import use_gpu
 from orchestrator.train.errors import TrainingError
 from trainables.atomic import atomic_write_text
 from trainables.loop import FoldData, best_row
-from trainables.ray_worker import BEST_DIR, FAILED, HISTORY_FILE, TRAIN_STATE, VAL_LOGITS, train_fold_worker
+from trainables.ray_worker import BEST_DIR, FAILED, FAILURE_NOTE, HISTORY_FILE, TRAIN_STATE, VAL_LOGITS, train_fold_worker
 from trainables.text.base import TextEncoder
 from trainables.text.encoders import build_text_encoder
 
@@ -89,10 +89,14 @@ def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, name: str, payload_r
     os.environ.setdefault(HEALTH_CHECK_INTERVAL_ENV, str(HEALTH_CHECK_INTERVAL_S))
 
     gpu = use_gpu(cfg)
+    note = run.ray_run(name) / FAILURE_NOTE  # a new fit trains again: only its own attempts share the note
+    note.parent.mkdir(parents=True, exist_ok=True)
+    note.unlink(missing_ok=True)
     return TorchTrainer(
         train_fold_worker,
         train_loop_config={"payload": payload_ref, "train": cfg.train.model_dump(mode="json"),
-                           "model": cfg.model.model_dump(mode="json"), "seed": cfg.seed, "resume_from": resume_from},
+                           "model": cfg.model.model_dump(mode="json"), "seed": cfg.seed, "resume_from": resume_from,
+                           "failure_note": str(note)},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if gpu else {})}),
         run_config=RunConfig(
@@ -119,12 +123,14 @@ def write_epoch_logs(folder: Path, history: list[dict], best: dict, hparams: dic
         writer.add_hparams(flat, {f"hparam/{k}": v for k, v in best.items() if k.startswith("val_")}, run_name=".")
 
 
-def collect_fold(result: Any, fold: int, folder: Path, started: float, hparams: Optional[dict] = None) -> FoldResult:
+def collect_fold(result: Any, fold: int, folder: Path, started: float, hparams: Optional[dict] = None,
+                 label: Optional[str] = None) -> FoldResult:
     """Copy the best model out of the fold's last Ray checkpoint into ``folder``/model (and its
     validation logits to ``folder``/val_logits.npy) and record its history in
-    ``folder``/history.json, metrics.csv and tensorboard/."""
+    ``folder``/history.json, metrics.csv and tensorboard/. A worker's error is raised as a
+    TrainingError naming ``label`` (default "fold <k>")."""
     if failure(result) is not None:
-        raise TrainingError(f"fold {fold}: {failure(result)}")
+        raise TrainingError(f"{label or f'fold {fold}'}: {failure(result)}")
     if result.checkpoint is None:
         raise RuntimeError(f"fold {fold}: training reported no checkpoint")
     target = folder / "model"
