@@ -9,10 +9,12 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from orchestrator.config import ConfigError, ExperimentConfig
-from orchestrator.data import DataError, Dataset, fold_plan, load_dataset
+import numpy as np
+
+from orchestrator.config import ConfigError, ExperimentConfig, with_overrides
+from orchestrator.data import DataError, Dataset, fold_plan, label_array, load_dataset
 from orchestrator.stages.distill import student_config
-from orchestrator.train.tune import build_scheduler, search_space
+from orchestrator.train.tune import build_scheduler, parse_distribution, search_space
 from trainables.config import ModelConfig
 from trainables.models.small import vector_dim
 from trainables.pretrained import BUILTIN_ALIASES, resolve_pretrained
@@ -30,6 +32,7 @@ def validate(cfg: ExperimentConfig) -> Dataset:
         check_vectors(model, key)
     if cfg.distill.enabled:
         student_config(cfg)
+    check_losses(cfg, dataset)
     if cfg.serve.enabled:
         cfg.serve.with_token().check_exposure()
     return dataset
@@ -42,6 +45,29 @@ def check_classes(dataset: Dataset, source: str) -> None:
     if len(seen) < 2:
         names = ", ".join(repr(dataset.classes[i]) for i in seen) or "none"
         raise DataError(f"{source}: the training rows have {len(seen)} class(es) ({names}); a classifier needs at least 2")
+
+
+def check_losses(cfg: ExperimentConfig, dataset: Dataset) -> None:
+    """The training loss can be built for this data (loss kind vs multi-label, class weights' length,
+    label smoothing): for ``train``, every value ``tune.search`` tries for a ``train.*`` key, and the
+    distill student's ``distill.train``."""
+    from trainables.tricks.losses import build_loss
+
+    labels = label_array(dataset.train.labels, len(dataset.classes), dataset.multilabel)
+    counts = (labels.sum(0) if dataset.multilabel else np.bincount(labels, minlength=len(dataset.classes))).astype(int).tolist()
+    candidates = [("", cfg.train)]
+    for key, spec in cfg.tune.search.items():
+        domain = parse_distribution(key, spec)
+        if key.startswith("train.") and hasattr(domain, "categories"):
+            candidates += [(f"tune.search.{key} = {value!r}: ", with_overrides(cfg, {key: value}).train)
+                           for value in domain.categories]
+    if cfg.distill.enabled:
+        candidates.append(("distill.", cfg.distill.train))
+    for prefix, train in candidates:
+        try:
+            build_loss(train, len(dataset.classes), dataset.multilabel, counts)
+        except ValueError as exc:
+            raise ConfigError(f"{prefix}{exc}") from None
 
 
 def check_model_name(model: ModelConfig, key: str) -> None:

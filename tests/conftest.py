@@ -42,3 +42,20 @@ def smoke_run(ray_session, tmp_path_factory):
     cfg = load_config(ROOT / "experiments" / "smoke.yaml")
     cfg.runs_dir = str(tmp_path_factory.mktemp("runs"))
     return run_experiment(cfg, log=lambda *_: None)
+
+
+@pytest.fixture
+def broken_bert(tmp_path):
+    """A tiny BERT folder that passes every check before training (config.json, tokenizer) but whose
+    weights file is garbage: loading it fails inside the training worker, on every attempt."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path / "broken-bert"
+    folder.mkdir()
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *"abcdefghijklmnopqrstuvwxyz"]) + "\n")
+    BertModel(BertConfig(vocab_size=31, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=16, max_position_embeddings=64)).save_pretrained(folder)
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    return folder

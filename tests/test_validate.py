@@ -111,14 +111,27 @@ def test_the_token_is_in_no_file_of_the_run(in_tmp, monkeypatch):
     assert load_config(SMOKE).serve.token is None
 
 
-def test_an_error_raised_in_the_worker_ends_the_run_at_once(ray_session, in_tmp, capsys):
-    """A deterministic error inside a training worker (here a class_weights list of the wrong length,
-    found when the loss is built) is reported with its message, not retried as if a worker died."""
-    code = main(["run", str(SMOKE), "--set", "name=failing", "--set", "train.class_weights=[1.0, 2.0, 3.0]",
+def test_a_class_weights_list_of_the_wrong_length_is_refused_before_the_run_directory(in_tmp, capsys):
+    assert "train.class_weights: expected 'none', 'balanced' or a list of 2 numbers" in _refused(
+        ["run", str(SMOKE), "--set", "train.class_weights=[1.0, 2.0, 3.0]"], capsys, in_tmp)
+    search = "--set", "tune.search={train.class_weights: 'grid([[1.0, 2.0], [1.0, 2.0, 3.0]])'}"
+    err = _refused(["check", str(SMOKE), *search], capsys, in_tmp)
+    assert err.startswith("error: tune.search.train.class_weights = [1.0, 2.0, 3.0]: train.class_weights") and "list of 2" in err
+    err = _refused(["check", str(SMOKE), "--set", "train.loss=focal", "--set", "train.label_smoothing=0.1"], capsys, in_tmp)
+    assert err == "error: train.label_smoothing: only used by loss 'ce', not 'focal'"
+    err = _refused(["check", str(SMOKE), "--set", "distill.enabled=true", "--set", "distill.train.class_weights=[1.0]"], capsys, in_tmp)
+    assert err.startswith("error: distill.train.class_weights")
+
+
+def test_an_error_raised_in_the_worker_ends_the_run_at_once(ray_session, in_tmp, capsys, broken_bert):
+    """A deterministic error inside a training worker (here a model folder whose weights file is
+    garbage: every check before training passes, loading it in the worker fails) is reported with its
+    message, not retried as if a worker died."""
+    code = main(["run", str(SMOKE), "--set", "name=failing", "--set", f"model={{kind: hf, name: {broken_bert}, max_length: 32}}",
                  "--set", "train.epochs=1"])
     last = capsys.readouterr().err.strip().splitlines()[-1]  # earlier lines: Ray's worker output
-    assert code == 2 and last.startswith("error: tune: no config finished all 1 folds; fold 0: ValueError: train.class_weights")
-    assert "a list of 2 numbers" in last
+    assert code == 2 and last.startswith("error: tune: no config finished all 1 folds; fold 0: "), last
+    assert "Traceback" not in last
     trials = [json.loads(line) for line in next((in_tmp / "runs" / "failing" / "ray" / "tune").glob("*/result.json")).read_text().splitlines()]
     # the worker's one report (a retry would add more) and the trial's last result, which names the fold
     assert [t["failed"] for t in trials if "failed" in t] == [last.split("fold 0: ", 1)[1]] * 2
