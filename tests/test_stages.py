@@ -158,3 +158,20 @@ def test_changed_distill_reruns_distill_and_later_stages_and_changed_export_only
     assert (root / "export" / "student" / "model.int8.onnx").is_file() and summary.stages["export"]["student"]["ok"]
     manifest = json.loads((root / "manifest.json").read_text())
     assert [manifest["stages"][s]["key"] == keys[s] for s in keys] == [True, True, False]
+
+
+def test_a_student_that_fails_in_its_worker_ends_the_run_with_one_line(smoke_copy, broken_bert, capsys):
+    """The distill stage's student raises in its training worker (garbage weights file): the run ends
+    with the worker's error in one line (not the stage task's Ray traceback), exit 2, and the stage is
+    recorded as failed with that line."""
+    from orchestrator.cli import main
+
+    cfg, root = smoke_copy
+    code = main(["run", str(ROOT / "experiments" / "smoke.yaml"), "--resume", "--set", f"runs_dir={root.parent}",
+                 "--set", "distill.enabled=true", "--set", f"distill.student={{kind: hf, name: {broken_bert}, max_length: 32}}",
+                 "--set", "distill.train={epochs: 1, cpus_per_worker: 1}"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and last.startswith("error: distill student: "), last
+    assert "Traceback" not in last and "RayTaskError" not in last and "ray::" not in last
+    record = json.loads((root / "manifest.json").read_text())["stages"]["distill"]
+    assert record["status"] == "failed" and record["error"] == last.removeprefix("error: ")

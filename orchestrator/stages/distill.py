@@ -179,7 +179,7 @@ def train_cross(cfg: ExperimentConfig, run: RunDir, dataset: Dataset, teacher_lo
     shutil.rmtree(run.ray_run(RAY_NAME), ignore_errors=True)  # Ray Train would resume an earlier student's run
     trainer = build_torch_trainer(cfg, run, RAY_NAME, ray.put(payload))
     collect_fold(trainer.fit(), 0, run.stage_dir("distill"), started,
-                 {**settings, "student": cfg.model.arch if cfg.model.kind == "small" else cfg.model.name})
+                 {**settings, "student": cfg.model.arch if cfg.model.kind == "small" else cfg.model.name}, label="distill student")
 
 
 def train_self(cfg: ExperimentConfig, dataset: Dataset, teacher_dir: Path, teacher_logits: np.ndarray,

@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from orchestrator.rundir import RunDir
-from orchestrator.config import ExperimentConfig, config_hash
+from orchestrator.config import ConfigError, ExperimentConfig, config_hash
+from orchestrator.data import DataError
+from orchestrator.train.errors import TrainingError
 from orchestrator.stages.export import EXPORT_THREADS, run_export
 
 def _distill(cfg: ExperimentConfig, run: RunDir) -> dict:
@@ -52,6 +54,15 @@ def _run_remote(name: str, cfg_json: dict, run_root: str, after: Optional[dict])
     return stage.run(ExperimentConfig.model_validate(cfg_json), RunDir(Path(run_root)))
 
 
+def user_error(exc: Exception) -> Optional[Exception]:
+    """The config, data or training error a stage task raised (Ray wraps it with the task's traceback),
+    so the CLI prints its one line; None for anything else (a crash keeps its traceback)."""
+    from ray.exceptions import RayTaskError
+
+    cause = exc.cause if isinstance(exc, RayTaskError) else None
+    return cause if isinstance(cause, (ConfigError, DataError, TrainingError)) else None
+
+
 def run_stages(cfg: ExperimentConfig, run: RunDir, log: Callable[[str], Any] = print) -> dict[str, dict]:
     """Submit the enabled stages as a chain of Ray tasks, skipping cached ones; record each result."""
     import ray
@@ -80,7 +91,10 @@ def run_stages(cfg: ExperimentConfig, run: RunDir, log: Callable[[str], Any] = p
             try:
                 value = ray.get(value)
             except Exception as exc:
-                run.update(stage.name, "failed", key=key, error=str(exc).splitlines()[0])
+                cause = user_error(exc)
+                run.update(stage.name, "failed", key=key, error=str(cause or exc).splitlines()[0])
+                if cause is not None:
+                    raise cause from None
                 raise
             run.update(stage.name, "done", key=key, result=value)
             log(f"{stage.name}: done")
