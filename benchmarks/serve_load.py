@@ -23,7 +23,8 @@ from benchmarks.common import free_port, write_result
 from orchestrator.rundir import RunDir
 from orchestrator.serve.client import Client, ClientError
 from orchestrator.config import ServeConfig
-from orchestrator.serve.deployment import REPLICA_CPUS, choose_backend, deploy, load_ensemble, shutdown
+from orchestrator.evaluate.loading import choose_backend, load_ensemble
+from orchestrator.serve.deployment import REPLICA_CPUS, deploy, shutdown
 
 
 def load_texts(run: RunDir, path: Optional[str]) -> list[str]:
@@ -40,7 +41,7 @@ def offline_texts_per_s(run: RunDir, backend: str, texts: list[str], batch_size:
     import torch
 
     torch.set_num_threads(REPLICA_CPUS)
-    ensemble = load_ensemble(run, backend)
+    ensemble = load_ensemble(run, backend, threads=REPLICA_CPUS)
     ensemble.predict(texts[:batch_size], batch_size)  # warm-up
     start = time.perf_counter()
     labels = ensemble.predict(texts, batch_size).labels

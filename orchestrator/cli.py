@@ -44,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("run", nargs="?", help="run directory (or --url)")
     predict.add_argument("--file", help="text file, one text per line (default: read lines interactively from stdin)")
     predict.add_argument("--top", type=int, default=3, help="top probabilities to show")
+    predict.add_argument("--model", default="ensemble", help="which model of the run: ensemble (default), fold:<k>, student, pruned or onnx")
     predict.add_argument("--url", help="send the texts to a running service (orchestrator serve) instead of loading a run")
     predict.add_argument("--token", help="bearer token of the service at --url")
 
@@ -143,11 +144,11 @@ def _predictor(args) -> tuple[str, Callable[[list[str]], list[dict]]]:
 
         client = Client(args.url, args.token)
         return args.url, lambda texts: _remote_lines(client, texts, args.top)
-    from orchestrator.evaluate.ensemble import Ensemble
+    from orchestrator.evaluate.loading import load_model
 
     run = RunDir.open(args.run)
-    ensemble = Ensemble.of_run(run)
-    return str(run.root), lambda texts: _predict_lines(ensemble, texts, args.top)
+    model = load_model(run, args.model)
+    return f"{run.root} ({args.model})", lambda texts: _predict_lines(model, texts, args.top)
 
 
 def _remote_lines(client, texts: list[str], top: int) -> list[dict]:

@@ -22,9 +22,8 @@ from benchmarks.common import free_port
 from orchestrator.config import ExperimentConfig, ModelConfig, ServeConfig
 from orchestrator.evaluate.ensemble import Ensemble
 from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
-from orchestrator.serve.deployment import (
-    MAX_BODY_BYTES, MAX_TEXTS, RequestError, choose_backend, deploy, onnx_members, parse_predict, shutdown,
-)
+from orchestrator.evaluate.loading import choose_backend, onnx_members
+from orchestrator.serve.deployment import MAX_BODY_BYTES, MAX_TEXTS, RequestError, deploy, parse_predict, shutdown
 from trainables.export import export_model_dir
 from trainables.models import save_model_dir
 from trainables.models.small import build_small_model

@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from orchestrator.rundir import RunDir, RunDirError
-from orchestrator.serve.deployment import load_ensemble, onnx_precision
+from orchestrator.evaluate.loading import load_ensemble, onnx_precision
 from orchestrator.config import load_config, with_overrides
 from orchestrator.pipeline import run_experiment
 from tests.conftest import ROOT

@@ -103,3 +103,9 @@ class Ensemble(EnsembleBase):
 
     def fold_logits(self, ids: Sequence[Sequence[int]], batch_size: int = 64) -> np.ndarray:
         return np.stack([predict_logits(m, ids, self.encoder.pad_id, batch_size, self.device) for m in self.models])
+
+
+def render(labels: list[str], probs: np.ndarray, truncated: bool, classes: list[str], top_k: Optional[int]) -> dict:
+    """One prediction of the response; ``probabilities`` holds the ``top_k`` classes, most probable first."""
+    order = np.argsort(-probs, kind="stable")[:top_k]
+    return {"labels": labels, "probabilities": {classes[j]: float(probs[j]) for j in order}, "truncated": bool(truncated)}

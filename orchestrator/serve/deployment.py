@@ -14,17 +14,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException
 
-from orchestrator.rundir import RunDir, RunDirError, package_versions
+from orchestrator.rundir import RunDir, package_versions
 from orchestrator.serve.client import Client, ClientError
 from orchestrator.config import ServeConfig
-from orchestrator.evaluate.ensemble import Ensemble, EnsembleBase
-from trainables.export import INT8_FILE, ONNX_FILE
+from orchestrator.evaluate.ensemble import render
+from orchestrator.evaluate.loading import choose_backend, load_ensemble, onnx_precision
 from trainables.models import META_FILE
 
 MAX_TEXTS = 256                  # per request; more is a 413
@@ -35,56 +34,6 @@ logger = logging.getLogger("ray.serve")
 
 
 # ---- the run's models ----
-def onnx_members(run: RunDir) -> list[tuple[Path, float]]:
-    """(export directory, weight) of every ensemble member (``export/<name>/``); for a run directory
-    without an ensemble.json, every ``export/fold_<k>/`` equally. Empty unless all are exported."""
-    members = run.ensemble_members()
-    if members:
-        found = [(run.export_dir(m.name), m.weight) for m in members]
-        return found if all((d / ONNX_FILE).is_file() for d, _ in found) else []
-    dirs = sorted((p for p in run.stage_dir("export").glob("fold_*") if (p / ONNX_FILE).is_file()),
-                  key=lambda p: int(p.name.removeprefix("fold_")))
-    return [(d, 1.0 / len(dirs)) for d in dirs]
-
-
-def choose_backend(run: RunDir, onnx: bool = False) -> str:
-    """"onnx" when asked or when the run has only ONNX exports, else "torch"; RunDirError if it has neither."""
-    members = run.ensemble_members()
-    if not onnx and members and all((m.model_dir / META_FILE).is_file() for m in members):
-        return "torch"
-    if onnx_members(run):
-        return "onnx"
-    wanted = f"ONNX exports (export/<member>/{ONNX_FILE})" if onnx else "ensemble models or ONNX exports"
-    raise RunDirError(f"{run.root}: no {wanted} to serve")
-
-
-def onnx_precision(run: RunDir) -> tuple[str, str]:
-    """("int8" | "fp32", why): int8 only where the export stage measured every member's int8 model within
-    ``export.max_int8_drop`` macro-F1 of fp32 (export/int8_check.json)."""
-    dirs = [d for d, _ in onnx_members(run)]
-    if not run.int8_check.is_file() or not all((d / INT8_FILE).is_file() for d in dirs):
-        return "fp32", "no checked int8 export"
-    checks = json.loads(run.int8_check.read_text())
-    folds = [checks.get(d.name) for d in dirs]
-    if None in folds:
-        return "fp32", "an int8 export was not checked"
-    worst = max(folds, key=lambda c: c["macro_f1_drop"])
-    if not all(c["serve_int8"] for c in folds):
-        return "fp32", f"int8 loses {worst['macro_f1_drop']:.4f} macro-F1 against fp32 (export.max_int8_drop {worst['max_drop']})"
-    return "int8", f"int8 within {worst['max_drop']} macro-F1 of fp32 (largest drop {worst['macro_f1_drop']:.4f})"
-
-
-def load_ensemble(run: RunDir, backend: str, threads: int = REPLICA_CPUS, int8: bool = False) -> EnsembleBase:
-    """The fold ensemble the service runs: torch on CPU, or ONNX Runtime (fp32, or ``int8``) with
-    ``threads`` per session."""
-    if backend == "onnx":
-        from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
-
-        exported = onnx_members(run)
-        return OnnxEnsemble([d for d, _ in exported], int8=int8, threads=threads, weights=[w for _, w in exported])
-    return Ensemble.of_run(run, device="cpu")
-
-
 def model_id(run: RunDir) -> str:
     """``<run name>@<config hash>``: which model answered, in every response."""
     manifest = run.manifest()
@@ -151,12 +100,6 @@ def parse_predict(body: bytes) -> tuple[list[str], Optional[int]]:
     return texts, top_k
 
 
-def render(labels: list[str], probs: np.ndarray, truncated: bool, classes: list[str], top_k: Optional[int]) -> dict:
-    """One prediction of the response; ``probabilities`` holds the ``top_k`` classes, most probable first."""
-    order = np.argsort(-probs, kind="stable")[:top_k]
-    return {"labels": labels, "probabilities": {classes[j]: float(probs[j]) for j in order}, "truncated": bool(truncated)}
-
-
 # ---- the deployment ----
 # only the documented routes: no /docs, /redoc or /openapi.json (they would bypass the token)
 app = FastAPI(title="text-orchestrator classifier", docs_url=None, redoc_url=None, openapi_url=None)
@@ -194,7 +137,7 @@ class Classifier:
         torch.set_num_threads(REPLICA_CPUS)  # a replica owns REPLICA_CPUS cores, not the machine
         run = RunDir.open(run_dir)
         self.precision = onnx_precision(run) if backend == "onnx" else None  # (int8 | fp32, why)
-        self.ensemble = load_ensemble(run, backend, int8=self.precision is not None and self.precision[0] == "int8")
+        self.ensemble = load_ensemble(run, backend, threads=REPLICA_CPUS, int8=self.precision is not None and self.precision[0] == "int8")
         if self.precision:
             logger.info("serving ONNX %s: %s", *self.precision)
         self.backend = backend
