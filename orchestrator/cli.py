@@ -57,6 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
     serve.add_argument("--onnx", action="store_true", help="run the ONNX exports (export/fold_<k>/) instead of the torch models")
     serve.add_argument("--replicas", type=int, help="deployment replicas (default: the run's serve.replicas)")
+    serve.add_argument("--write-config", metavar="FILE", help="write a Ray Serve config file for `serve run FILE` / `serve deploy FILE` "
+                                                              "instead of serving (the token is not written into it)")
 
     report = sub.add_parser("report", help="compare every model of a run and write <run>/report.html")
     report.add_argument("run", help="run directory")
@@ -177,6 +179,18 @@ def cmd_serve(args) -> int:
         flags["serve.insecure"] = True
     cfg = with_overrides(run.config(), flags).serve.with_token(args.token)  # validated like the YAML (port range, replicas >= 1)
     cfg.check_exposure()
+    if args.write_config:
+        import yaml
+
+        from orchestrator.serve.deployment import serve_config
+        from trainables.atomic import atomic_write_text
+
+        atomic_write_text(Path(args.write_config), yaml.safe_dump(serve_config(run, cfg, args.onnx), sort_keys=False))
+        from orchestrator.config import TOKEN_ENV
+
+        console.print(f"wrote {args.write_config}: `serve run {args.write_config}` or `serve deploy {args.write_config}` "
+                      f"(the token, if any: ${TOKEN_ENV} or the run's serve.token_file where Serve builds the app)")
+        return 0
     init_ray()
     serve_until_interrupted(run, cfg, onnx=args.onnx, log=console.print)
     return 0

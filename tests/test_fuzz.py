@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from orchestrator.cli import main
-from orchestrator.serve.deployment import RequestError, parse_predict
+from orchestrator.serve.schema import RequestError, parse_predict
 
 ROWS = [("a cat sat", "x"), ("the dog ran", "y"), ("a cat slept", "x"), ("a dog barked", "y"),
         ("cats and mats", "x"), ("dogs and logs", "y"), ("one more cat", "x"), ("one more dog", "y")]

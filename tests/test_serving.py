@@ -23,7 +23,8 @@ from orchestrator.config import ExperimentConfig, ModelConfig, ServeConfig
 from orchestrator.evaluate.ensemble import Ensemble
 from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
 from orchestrator.evaluate.loading import choose_backend, onnx_members
-from orchestrator.serve.deployment import MAX_BODY_BYTES, MAX_TEXTS, RequestError, deploy, parse_predict, shutdown
+from orchestrator.serve.deployment import deploy, shutdown
+from orchestrator.serve.schema import MAX_BODY_BYTES, MAX_TEXTS, RequestError, parse_hf, parse_predict
 from trainables.export import export_model_dir
 from trainables.models import save_model_dir
 from trainables.models.small import build_small_model
@@ -273,6 +274,56 @@ def test_onnx_exports_are_served(served, client, onnx_only_run, runs):
     exported = onnx_members(RunDir.open(onnx_only_run))
     assert_matches(response, OnnxEnsemble([d for d, _ in exported], weights=[w for _, w in exported]), TEXTS)
     assert_matches(response, offline(runs["a"]), TEXTS, tol=1e-4)  # the torch models it was exported from
+
+
+@pytest.mark.parametrize("body, status", [
+    (b"{", 400), (b'["a"]', 422), (b"{}", 422), (b'{"inputs": []}', 422), (b'{"inputs": " "}', 422), (b'{"inputs": 3}', 422),
+    (b'{"inputs": ["a", 3]}', 422), (b'{"inputs": "a", "parameters": {"top_k": 0}}', 422),
+    (b'{"inputs": "a", "parameters": {"temperature": 1}}', 422), (b'{"inputs": "a", "extra": 1}', 422),
+    (json.dumps({"inputs": ["a"] * (MAX_TEXTS + 1)}).encode(), 413),
+])
+def test_parse_hf_refuses_bad_bodies(body, status):
+    with pytest.raises(RequestError) as err:
+        parse_hf(body)
+    assert err.value.status == status and "\n" not in err.value.message
+
+
+def test_parse_hf_reads_the_inference_api_request():
+    assert parse_hf(b'{"inputs": "a cat"}') == (["a cat"], None)
+    assert parse_hf(b'{"inputs": ["a", "b"], "parameters": {"top_k": 2, "function_to_apply": null}, "options": {"wait_for_model": true}}') == (["a", "b"], 2)
+
+
+def test_hf_route_answers_in_the_inference_api_shape(served, client, runs):
+    """POST /hf: one list of {label, score} per input, most probable first, the scores /predict gives;
+    the token guards it like /predict."""
+    url = served[0]
+    one = requests.post(f"{url}/hf", json={"inputs": "the cat"}, headers=AUTH, timeout=30)
+    assert one.status_code == 200
+    (answer,) = one.json()
+    assert [set(a) for a in answer] == [{"label", "score"}] * len(CLASSES)
+    scores = [a["score"] for a in answer]
+    assert scores == sorted(scores, reverse=True)
+    assert {a["label"]: a["score"] for a in answer} == client.predict("the cat")["predictions"][0]["probabilities"]
+    many = requests.post(f"{url}/hf", json={"inputs": TEXTS, "parameters": {"top_k": 1}}, headers=AUTH, timeout=30).json()
+    assert [[a["label"]] for a in sum(many, [])] == offline(runs["a"]).predict(TEXTS).labels
+    assert requests.post(f"{url}/hf", json={"inputs": "the cat"}, timeout=30).status_code == 401
+    bad = requests.post(f"{url}/hf", json={"inputs": []}, headers=AUTH, timeout=30)
+    assert bad.status_code == 422 and set(bad.json()) == {"error"}
+
+
+def test_openapi_documents_predict_and_hf(served):
+    url = served[0]
+    spec = requests.get(f"{url}/openapi.json", timeout=30)
+    assert spec.status_code == 200
+    paths = spec.json()["paths"]
+    assert {"/predict", "/hf", "/info", "/healthz"} <= set(paths)
+    body = paths["/predict"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"text", "texts", "top_k"} <= set(body["properties"])
+    assert "parameters" in paths["/hf"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
+    response = paths["/predict"]["post"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    assert "predictions" in spec.json()["components"]["schemas"][response.rsplit("/", 1)[1]]["properties"]
+    docs = requests.get(f"{url}/docs", timeout=30)
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
 
 def test_trained_smoke_run_is_served(served, client, smoke_run):

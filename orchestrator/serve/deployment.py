@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from fastapi import FastAPI, Request
+from pydantic import BaseModel, ConfigDict
 from fastapi.responses import JSONResponse
 from ray import serve
 from starlette.exceptions import HTTPException
@@ -24,10 +25,12 @@ from orchestrator.serve.client import Client, ClientError
 from orchestrator.config import ServeConfig
 from orchestrator.evaluate.ensemble import render
 from orchestrator.evaluate.loading import choose_backend, load_ensemble, onnx_precision
+from orchestrator.serve.schema import (
+    MAX_BODY_BYTES, MAX_TEXTS, HFRequest, HFResponse, PredictRequest, PredictResponse, RequestError, hf_answer, parse_hf,
+    parse_predict,
+)
 from trainables.models import META_FILE
 
-MAX_TEXTS = 256                  # per request; more is a 413
-MAX_BODY_BYTES = 1 << 20         # per request; more is a 413
 REPLICA_CPUS = 1                 # Ray CPUs of a replica, and its inference threads
 _DEFAULTS = ServeConfig()
 logger = logging.getLogger("ray.serve")
@@ -50,15 +53,6 @@ def fold_models(model_dirs: Sequence[str]) -> list[str]:
 
 
 # ---- requests ----
-class RequestError(Exception):
-    """A request the service refuses: an HTTP status and a one-line message."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     """The request body; 413 past ``limit`` bytes, by Content-Length or, without it, while reading."""
     declared = request.headers.get("content-length", "")
@@ -72,37 +66,24 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
     return bytes(body)
 
 
-def parse_predict(body: bytes) -> tuple[list[str], Optional[int]]:
-    """(texts, top_k) of a /predict body: ``{"text": str}`` or ``{"texts": [str, ...]}``, optional ``top_k``."""
-    try:
-        payload = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # ValueError covers bad JSON and non-UTF-8 bytes
-        raise RequestError(400, f"malformed JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise RequestError(422, 'body must be a JSON object: {"text": "..."} or {"texts": ["...", ...]}')
-    unknown = sorted(set(payload) - {"text", "texts", "top_k"})
-    if unknown:
-        raise RequestError(422, f"unknown key(s) {unknown}; expected text or texts, and top_k")
-    if ("text" in payload) == ("texts" in payload):
-        raise RequestError(422, 'give exactly one of "text" or "texts"')
-    single = "text" in payload
-    texts = [payload["text"]] if single else payload["texts"]
-    if not isinstance(texts, list) or not texts:
-        raise RequestError(422, '"texts" must be a non-empty list of strings')
-    if len(texts) > MAX_TEXTS:
-        raise RequestError(413, f"{len(texts)} texts; at most {MAX_TEXTS} per request")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise RequestError(422, f'{"text" if single else f"texts[{i}]"} must be a non-empty string')
-    top_k = payload.get("top_k")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1):
-        raise RequestError(422, '"top_k" must be a positive integer')
-    return texts, top_k
-
-
 # ---- the deployment ----
-# only the documented routes: no /docs, /redoc or /openapi.json (they would bypass the token)
-app = FastAPI(title="text-orchestrator classifier", docs_url=None, redoc_url=None, openapi_url=None)
+# /docs and /openapi.json describe the API (no model, labels or data: those stay behind the token)
+app = FastAPI(title="text-orchestrator classifier", docs_url="/docs", redoc_url=None, openapi_url="/openapi.json")
+
+
+def _body(model: type) -> dict:
+    """OpenAPI for a JSON body the route reads itself (limits and messages are the service's own):
+    the pydantic model's schema, nested models inlined."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def inline(node):
+        if isinstance(node, dict):
+            ref = node.get("$ref", "")
+            return inline(defs[ref.rsplit("/", 1)[1]]) if ref.startswith("#/$defs/") else {k: inline(v) for k, v in node.items()}
+        return [inline(v) for v in node] if isinstance(node, list) else node
+
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inline(schema)}}}}
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -173,12 +154,23 @@ class Classifier:
     async def healthz(self) -> dict:
         return {"status": "ok"}
 
-    @app.post("/predict")
+    async def _answers(self, texts: list[str], top_k: Optional[int]) -> list[dict]:
+        rows = await asyncio.gather(*(self._predict_batch(text) for text in texts))
+        return [render(*row, self.ensemble.classes, top_k) for row in rows]
+
+    @app.post("/predict", response_model=PredictResponse, openapi_extra=_body(PredictRequest))
     async def predict(self, request: Request) -> dict:
+        """Labels and probabilities of one text or several."""
         self._authorize(request)
         texts, top_k = parse_predict(await read_body(request))
-        rows = await asyncio.gather(*(self._predict_batch(text) for text in texts))
-        return {"predictions": [render(*row, self.ensemble.classes, top_k) for row in rows], "model": self.model}
+        return {"predictions": await self._answers(texts, top_k), "model": self.model}
+
+    @app.post("/hf", response_model=HFResponse, openapi_extra=_body(HFRequest))
+    async def hf(self, request: Request) -> list:
+        """The Hugging Face Inference API's text classification: one list of {label, score} per input."""
+        self._authorize(request)
+        texts, top_k = parse_hf(await read_body(request))
+        return [hf_answer(p) for p in await self._answers(texts, top_k)]
 
     @app.get("/info")
     async def info(self, request: Request) -> dict:
@@ -204,7 +196,59 @@ class Classifier:
 
 
 # ---- deploy ----
-def deploy(run_dir: str | Path, serve_cfg: ServeConfig, onnx: bool = False, name: str = "classifier") -> str:
+APP_NAME = "classifier"
+IMPORT_PATH = "orchestrator.serving:build_app"  # Ray Serve's name for build_app (serve run / serve deploy)
+
+
+def application(run: RunDir, serve_cfg: ServeConfig, onnx: bool = False) -> serve.Application:
+    """The run's Serve application: the Classifier deployment with the run's replicas and batching."""
+    return Classifier.options(
+        num_replicas=serve_cfg.replicas,
+        # room for a full batch to queue while the previous one runs
+        max_ongoing_requests=2 * serve_cfg.max_batch_size,
+        user_config={"max_batch_size": serve_cfg.max_batch_size, "batch_wait_timeout_s": serve_cfg.batch_wait_timeout_s},
+    ).bind(str(run.root.resolve()), choose_backend(run, onnx), serve_cfg.token)
+
+
+class AppArgs(BaseModel):
+    """What ``build_app`` takes (``serve run IMPORT_PATH run_dir=... onnx=true``, or a Serve config's args).
+    No token here: args are stored in the Serve config and shown by ``serve status``."""
+
+    model_config = ConfigDict(extra="forbid")
+    run_dir: str
+    onnx: bool = False
+
+
+def build_app(args: AppArgs) -> serve.Application:
+    """Ray Serve's application builder for a run. The bearer token comes from $ORCHESTRATOR_SERVE_TOKEN,
+    else the run's serve.token_file, as for ``orchestrator serve``."""
+    run = RunDir.open(args.run_dir)
+    return application(run, run.config().serve.with_token(), args.onnx)
+
+
+def serve_config(run: RunDir, serve_cfg: ServeConfig, onnx: bool = False) -> dict:
+    """A Serve config file's content (``serve run FILE`` / ``serve deploy FILE``) for the run, checked
+    against Serve's own schema; the token stays out of it."""
+    from ray.serve.schema import ServeDeploySchema
+
+    choose_backend(run, onnx)  # the models it names exist
+    config = {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": serve_cfg.host, "port": serve_cfg.port},
+        "applications": [{
+            "name": APP_NAME, "route_prefix": "/", "import_path": IMPORT_PATH,
+            "args": AppArgs(run_dir=str(run.root.resolve()), onnx=onnx).model_dump(),
+            "deployments": [{"name": Classifier.name, "num_replicas": serve_cfg.replicas,
+                             "max_ongoing_requests": 2 * serve_cfg.max_batch_size,
+                             "user_config": {"max_batch_size": serve_cfg.max_batch_size,
+                                             "batch_wait_timeout_s": serve_cfg.batch_wait_timeout_s}}],
+        }],
+    }
+    ServeDeploySchema.model_validate(config)
+    return config
+
+
+def deploy(run_dir: str | Path, serve_cfg: ServeConfig, onnx: bool = False, name: str = APP_NAME) -> str:
     """Serve the run's fold ensemble under app ``name`` and return the base URL once /healthz answers.
 
     Starts Serve on ``serve_cfg.host:port`` unless it already runs (HTTP options are fixed at start:
@@ -212,15 +256,8 @@ def deploy(run_dir: str | Path, serve_cfg: ServeConfig, onnx: bool = False, name
     rolling update: in-flight requests finish on the old replicas.
     """
     run = RunDir.open(run_dir)
-    backend = choose_backend(run, onnx)
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
-    deployment = Classifier.options(
-        num_replicas=serve_cfg.replicas,
-        # room for a full batch to queue while the previous one runs
-        max_ongoing_requests=2 * serve_cfg.max_batch_size,
-        user_config={"max_batch_size": serve_cfg.max_batch_size, "batch_wait_timeout_s": serve_cfg.batch_wait_timeout_s},
-    )
-    serve.run(deployment.bind(str(run.root.resolve()), backend, serve_cfg.token), name=name, route_prefix="/")
+    serve.run(application(run, serve_cfg, onnx), name=name, route_prefix="/")
     host = "127.0.0.1" if serve_cfg.host == "0.0.0.0" else serve_cfg.host
     url = f"http://{host}:{serve_cfg.port}"
     _wait_healthy(url)
