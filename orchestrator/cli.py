@@ -1,4 +1,4 @@
-"""Command line: run | test | predict | serve | report | info.
+"""Command line: run | test | predict | serve | export | report | info | check.
 
 Bad input (config, data, run directory) prints one line naming the file, key or row and exits 2.
 """
@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--replicas", type=int, help="deployment replicas (default: the run's serve.replicas)")
     serve.add_argument("--write-config", metavar="FILE", help="write a Ray Serve config file for `serve run FILE` / `serve deploy FILE` "
                                                               "instead of serving (the token is not written into it)")
+
+    export = sub.add_parser("export", help="write one model of a run in another format (hf: a folder transformers loads)")
+    export.add_argument("run", help="run directory")
+    export.add_argument("--model", default="fold:0", help="fold:<k> (default fold:0), student or pruned")
+    export.add_argument("--format", choices=["hf"], default="hf", help="hf: config.json, model.safetensors, tokenizer, model card")
+    export.add_argument("--out", required=True, help="folder to write")
 
     report = sub.add_parser("report", help="compare every model of a run and write <run>/report.html")
     report.add_argument("run", help="run directory")
@@ -196,6 +202,15 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from orchestrator.stages.export import export_hf_model
+
+    result = export_hf_model(RunDir.open(args.run), args.model, Path(args.out))
+    console.print(f"wrote {result['folder']}: transformers' probabilities within {result['max_abs_diff']:.1e} of the model's "
+                  f"on {result['texts']} evaluation texts (same labels: {result['same_labels']})")
+    return 0
+
+
 def cmd_report(args) -> int:
     from orchestrator.report.compare import stage_comparison
     from orchestrator.report.html import write_html_report
@@ -229,7 +244,7 @@ def cmd_info(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "test": cmd_test, "predict": cmd_predict, "serve": cmd_serve, "report": cmd_report, "info": cmd_info,
-            "check": cmd_check}
+            "check": cmd_check, "export": cmd_export}
 
 
 def one_line(text: str) -> str:

@@ -66,15 +66,9 @@ def load_ensemble(run: RunDir, backend: str, threads: Optional[int] = None, int8
     return Ensemble.of_run(run, device="cpu")
 
 
-def load_model(run: RunDir, model: str = "ensemble", device: Optional[str] = None) -> EnsembleBase:
-    """``model`` of the run: "ensemble" (torch), "fold:<k>" (fold k of the best config), "student"
-    (distill/model), "pruned" (prune/model) or "onnx" (the ensemble's exports, int8 where checked)."""
-    if model == "ensemble":
-        return Ensemble.of_run(run, device)
-    if model == "onnx":
-        if not onnx_members(run):
-            raise RunDirError(f"{run.root}: no ONNX exports (export/<member>/{ONNX_FILE}); run the export stage first")
-        return load_ensemble(run, "onnx", int8=onnx_precision(run)[0] == "int8")
+def model_folder(run: RunDir, model: str) -> Path:
+    """The model directory of one model of the run: "fold:<k>" (fold k of the best config), "student"
+    (distill/model) or "pruned" (prune/model)."""
     if model.startswith("fold:") and model[5:].isdigit():
         folder = run.model_dir(int(model[5:]))
     elif model in ("student", "pruned"):
@@ -83,4 +77,16 @@ def load_model(run: RunDir, model: str = "ensemble", device: Optional[str] = Non
         raise RunDirError(f"model {model!r}: expected {MODELS}")
     if not (folder / META_FILE).is_file():
         raise RunDirError(f"{run.root}: no {model} model ({folder} has no {META_FILE})")
-    return Ensemble([folder], device)
+    return folder
+
+
+def load_model(run: RunDir, model: str = "ensemble", device: Optional[str] = None) -> EnsembleBase:
+    """``model`` of the run: "ensemble" (torch), "fold:<k>", "student", "pruned" (``model_folder``) or
+    "onnx" (the ensemble's exports, int8 where checked)."""
+    if model == "ensemble":
+        return Ensemble.of_run(run, device)
+    if model == "onnx":
+        if not onnx_members(run):
+            raise RunDirError(f"{run.root}: no ONNX exports (export/<member>/{ONNX_FILE}); run the export stage first")
+        return load_ensemble(run, "onnx", int8=onnx_precision(run)[0] == "int8")
+    return Ensemble([model_folder(run, model)], device)

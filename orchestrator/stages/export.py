@@ -5,11 +5,20 @@ drop is within ``export.max_int8_drop``: serving uses int8 only then (dynamic in
 some text classifiers)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+
 from orchestrator.config import ExperimentConfig
+from orchestrator.evaluate.ensemble import Ensemble
+from orchestrator.evaluate.loading import model_folder
 from orchestrator.evaluate.measure import Artifact, measure
-from orchestrator.rundir import RunDir, write_json
+from orchestrator.rundir import RunDir, RunDirError, write_json
 from trainables.export import PARITY_FILE, export_model_dir
+from trainables.metrics import probabilities
 from trainables.text.encoders import load_text_encoder
+
+HF_PARITY_TEXTS = 64  # evaluation texts the Hugging Face export is checked on
 
 EXPORT_THREADS = 1  # ONNX Runtime threads of the export task = the CPUs it reserves
 
@@ -42,3 +51,64 @@ def int8_quality(run: RunDir, name: str, max_drop: float) -> dict:
                   for backend in ("onnx fp32", "onnx int8"))
     return {"fp32_macro_f1": fp32, "int8_macro_f1": int8, "macro_f1_drop": fp32 - int8, "max_drop": max_drop,
             "serve_int8": fp32 - int8 <= max_drop}
+
+
+def export_hf_model(run: RunDir, model: str, out: Path) -> dict:
+    """``model`` of the run ("fold:<k>", "student", "pruned") as a Hugging Face folder ``out``
+    (trainables/hf_format.py), checked against the project's own predictions on evaluation texts:
+    {folder, max_abs_diff of probabilities, same_labels}."""
+    from trainables.hf_format import NoHFForm, export_hf, hf_logits
+
+    if model == "ensemble":
+        raise RunDirError("export --format hf: an ensemble has no single Hugging Face form; export fold:<k> or the student")
+    folder = model_folder(run, model)
+    figures = measure(run, Artifact(model, "torch", (folder,)))
+    try:
+        export_hf(folder, out, model_card(run, model, folder, figures))
+    except NoHFForm as exc:
+        raise RunDirError(str(exc)) from None
+    ours = Ensemble([folder], device="cpu")
+    texts = run.evaluation_split().texts[:HF_PARITY_TEXTS]
+    want = ours.predict_proba(texts)
+    got = probabilities(hf_logits(out, texts).numpy(), ours.multilabel)
+    diff = float(np.abs(got - want).max())
+    same = bool((got.argmax(1) == want.argmax(1)).all())
+    if diff > 1e-4 or not same:
+        raise RuntimeError(f"export --format hf: transformers' probabilities differ from the model's by {diff:.2e}")
+    return {"folder": str(out), "max_abs_diff": diff, "same_labels": same, "texts": len(texts)}
+
+
+def model_card(run: RunDir, model: str, folder: Path, figures: dict) -> str:
+    """README.md of a Hugging Face export: what it is, its labels, how to load it, and its figures on
+    the run's evaluation split (orchestrator/evaluate/measure.py)."""
+    from orchestrator.evaluate.measure import describe
+
+    manifest, model_ = run.manifest(), Ensemble([folder], device="cpu")
+    classes, max_length = model_.classes, model_.encoder.max_length
+    metrics = "\n".join(f"| {k} | {figures[k]:.4f} |" for k in ("macro_f1", "accuracy", "micro_f1", "weighted_f1") if k in figures)
+    return f"""---
+library_name: transformers
+pipeline_tag: text-classification
+tags: [text-classification, text-orchestrator]
+---
+# {manifest.get("name", run.root.name)}: {model}
+
+Exported by text-orchestrator from the run `{run.root.name}` (config hash `{manifest.get("config_hash", "unknown")}`):
+its model `{model}`, {describe(folder)}, {figures.get("parameters") or 0:,} parameters.
+
+The head is the project's own (pooling + one linear layer), so transformers loads it with remote code:
+
+```python
+from transformers import pipeline
+classify = pipeline("text-classification", model="path/to/this/folder", trust_remote_code=True, top_k=None)
+classify(["a text"], truncation=True)  # truncation: texts were cut at {max_length} tokens in training
+```
+
+Labels ({len(classes)}): {", ".join(f"`{c}`" for c in classes)}.
+
+On the run's {figures["split"]} split:
+
+| metric | value |
+| --- | --- |
+{metrics}
+"""
