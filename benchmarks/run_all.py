@@ -23,7 +23,7 @@ from benchmarks.common import RESULTS, ROOT, machine
 
 DOC = ROOT / "docs" / "benchmarks.md"
 COLLECTED = ROOT / "benchmarks" / "results.json"
-NOT_BENCHMARKS = {"__init__", "common", "run_all"}
+NOT_BENCHMARKS = {"__init__", "common", "run_all", "local_cluster"}
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,8 @@ BENCHMARKS: dict[str, Benchmark] = {
     # one replica of 2 killed under 5 requests/s, then a 5-minute soak: about 6.5 minutes
     "serve_faults": Benchmark(("{run}", "--rate", "5", "--kill-s", "30", "--soak-s", "300"), "s",
                               "no request past its timeout; p99 and replica RSS ratios ≈ 1", needs_run=True),
+    # two 1-CPU nodes on this host, 2 smoke folds x 8 epochs on 3,000 rows, run twice (once with the worker node killed): ~4 minutes
+    "node_faults": Benchmark(("--rows", "3000", "--epochs", "8"), "s", "the fold finishes on the head; metrics equal the uninterrupted run's"),
     "cv_overhead": Benchmark(("--folds", "4", "--rows", "2000", "--epochs", "6"), "s", "ratio ≤ 1.15"),
     # ONNX fp32/int8, distilled TextCNN, vocabulary and transformer pruning; each comparison names its
     # own unit and target. About 10 minutes on a quiet 2-core machine.

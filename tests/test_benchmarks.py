@@ -54,3 +54,13 @@ def test_serve_faults_recovery_counts_from_the_kill_to_lasting_success():
     assert recovery_s(rows[:4], 2.5) is None  # still failing at the end
     in_flight = [{"sent": 2.0, "latency": 1.0, "status": 500}, {"sent": 2.6, "latency": 0.1, "status": 200}]
     assert abs(recovery_s(in_flight, 2.5) - 0.1) < 1e-9  # sent before the kill, failed after it
+
+
+def test_node_faults_compares_every_epoch_of_every_fold():
+    from benchmarks.node_faults import max_metric_diff
+
+    row = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.4, "val_macro_f1": 0.8, "val_accuracy": 0.81}
+    clean = {0: [row, {**row, "epoch": 2}], 1: [row]}
+    assert max_metric_diff(clean, clean) == 0.0
+    assert max_metric_diff(clean, {0: [row, {**row, "epoch": 2, "val_loss": 0.45}], 1: [row]}) == pytest.approx(0.05)
+    assert max_metric_diff(clean, {0: [row], 1: [row]}) == float("inf")  # an epoch lost (or run twice) is no match
