@@ -102,6 +102,7 @@ class ExportConfig(Section):
     onnx: bool = Field(False, description="Export the final model(s) to ONNX and check parity.")
     int8: bool = Field(False, description="Also write a dynamically quantized int8 ONNX model.")
     max_int8_drop: float = Field(0.01, ge=0, le=1, description="Largest macro-F1 drop of int8 against ONNX fp32 (evaluation split) at which serve --onnx uses int8; past it, fp32.")
+    hf: bool = Field(False, description="Also write every hf-kind model of the run (fold models, student, pruned) as a Hugging Face folder, export/hf/<name>/.")
 
 
 TOKEN_ENV = "ORCHESTRATOR_SERVE_TOKEN"

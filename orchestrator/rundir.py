@@ -155,6 +155,10 @@ class RunDir:
         """export/<name>/: the ONNX export of model ``name`` (fold_<k>, student, pruned)."""
         return self.stage_dir("export") / name
 
+    def hf_export_dir(self, name: str) -> Path:
+        """export/hf/<name>/: model ``name`` as a Hugging Face folder (``orchestrator export --format hf``)."""
+        return self.stage_dir("export") / "hf" / name
+
     @property
     def int8_check(self) -> Path:
         """export/int8_check.json: each export's int8 macro-F1 against fp32 and whether it may serve."""

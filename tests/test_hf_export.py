@@ -56,3 +56,15 @@ def test_models_without_an_hf_form_are_refused(bert_run, smoke_run, tmp_path, ca
     assert main(["export", str(run.root), "--model", "student", "--out", str(tmp_path / "c")]) == 2
     assert "no student model" in capsys.readouterr().err
     assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_export_stage_writes_every_hf_model_when_export_hf_is_on(bert_run):  # noqa: F811
+    from orchestrator.config import with_overrides
+    from orchestrator.stages.export import run_export
+
+    cfg, run = bert_run
+    results = run_export(with_overrides(cfg, {"export.hf": True}), run)
+    assert set(results) == {"hf"} and set(results["hf"]) == {"fold_0", "fold_1"}
+    for name, result in results["hf"].items():
+        assert result["max_abs_diff"] <= 1e-5 and result["same_labels"], name
+        assert json.loads((run.hf_export_dir(name) / "config.json").read_text())["problem_type"] == "single_label_classification"

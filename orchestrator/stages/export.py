@@ -2,9 +2,11 @@
 evaluation split, into ``export/<name>/``. With int8, each int8 model's macro-F1 is measured against
 its fp32 export (orchestrator/evaluate/measure.py) and ``export/int8_check.json`` says whether the
 drop is within ``export.max_int8_drop``: serving uses int8 only then (dynamic int8 is known to wreck
-some text classifiers)."""
+some text classifiers). With ``export.hf``, every hf-kind model is also written as a Hugging Face
+folder, ``export/hf/<name>/`` (trainables/hf_format.py), checked against the model's probabilities."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ from orchestrator.evaluate.loading import model_folder
 from orchestrator.evaluate.measure import Artifact, measure
 from orchestrator.rundir import RunDir, RunDirError, write_json
 from trainables.export import PARITY_FILE, export_model_dir
+from trainables.models import META_FILE
 from trainables.metrics import probabilities
 from trainables.text.encoders import load_text_encoder
 
@@ -24,6 +27,20 @@ EXPORT_THREADS = 1  # ONNX Runtime threads of the export task = the CPUs it rese
 
 
 def run_export(cfg: ExperimentConfig, run: RunDir) -> dict:
+    """{model name: ONNX parity report} (``export.onnx``), and under "hf" {model name: Hugging Face
+    export} (``export.hf``); raises when an export disagrees with the torch model."""
+    results = run_onnx_export(cfg, run) if cfg.export.onnx else {}
+    if cfg.export.hf:
+        results["hf"] = {name: export_hf_folder(run, name, source, run.hf_export_dir(name))
+                         for name, source in run.model_sources().items() if model_kind(source) == "hf"}
+    return results
+
+
+def model_kind(model_dir: Path) -> str:
+    return json.loads((model_dir / META_FILE).read_text())["model"]["kind"]
+
+
+def run_onnx_export(cfg: ExperimentConfig, run: RunDir) -> dict:
     """{model name: parity report}; raises when a model's ONNX graph disagrees with torch."""
     split = run.evaluation_split()
     results = {}
@@ -56,12 +73,17 @@ def int8_quality(run: RunDir, name: str, max_drop: float) -> dict:
 def export_hf_model(run: RunDir, model: str, out: Path) -> dict:
     """``model`` of the run ("fold:<k>", "student", "pruned") as a Hugging Face folder ``out``
     (trainables/hf_format.py), checked against the project's own predictions on evaluation texts:
-    {folder, max_abs_diff of probabilities, same_labels}."""
-    from trainables.hf_format import NoHFForm, export_hf, hf_logits
-
+    {folder, max_abs_diff of probabilities, same_labels, texts}."""
     if model == "ensemble":
         raise RunDirError("export --format hf: an ensemble has no single Hugging Face form; export fold:<k> or the student")
-    folder = model_folder(run, model)
+    return export_hf_folder(run, model, model_folder(run, model), out)
+
+
+def export_hf_folder(run: RunDir, model: str, folder: Path, out: Path) -> dict:
+    """The model directory ``folder`` (called ``model`` in the card) as a Hugging Face folder ``out``,
+    parity-checked (``export_hf_model``)."""
+    from trainables.hf_format import NoHFForm, export_hf, hf_logits
+
     figures = measure(run, Artifact(model, "torch", (folder,)))
     try:
         export_hf(folder, out, model_card(run, model, folder, figures))

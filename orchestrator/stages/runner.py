@@ -43,7 +43,7 @@ class Stage:
 STAGES = (
     Stage("distill", ("distill",), lambda c: c.distill.enabled, _distill, 0.01),
     Stage("prune", ("prune",), lambda c: c.prune.mode != "none", _prune, 1.0),
-    Stage("export", ("export",), lambda c: c.export.onnx, run_export, float(EXPORT_THREADS)),
+    Stage("export", ("export",), lambda c: c.export.onnx or c.export.hf, run_export, float(EXPORT_THREADS)),
 )
 
 
