@@ -39,7 +39,7 @@ class DataConfig(Section):
     train: Optional[str] = Field(None, description="Training file (csv, tsv, json, jsonl or parquet), relative to the YAML file.")
     val: Optional[str] = Field(None, description="Validation file; when absent a stratified split of train is used.")
     test: Optional[str] = Field(None, description="Test file; when absent and test_fraction > 0 a stratified split of train is used.")
-    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet"] = Field("auto", description="File format; auto picks it from the file extension.")
+    format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "hf_dataset"] = Field("auto", description="File format; auto picks it from the file extension (a folder: a Hugging Face `datasets` save_to_disk folder).")
     text_column: str = Field("text", description="Column (or JSON key) holding the text.")
     label_column: str = Field("label", description="Column (or JSON key) holding the label(s): names or integer ids.")
     multilabel: bool = Field(False, description="Each row may have several labels (a list, or names joined by label_separator).")

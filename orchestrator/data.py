@@ -126,6 +126,15 @@ def _read_rows(path: str, setting: str, cfg: DataConfig) -> _Rows:
 
 def _existing(path: str, setting: str) -> Path:
     file = Path(path)
+    if file.is_dir():
+        if (file / "dataset_dict.json").is_file():
+            splits = json.loads((file / "dataset_dict.json").read_text()).get("splits") or ["train"]
+            raise DataError(f"{file}: a Hugging Face DatasetDict folder ({setting}); name one of its splits "
+                            f"({', '.join(splits)}), e.g. {file / splits[0]}")
+        if not (file / HF_STATE).is_file():
+            raise DataError(f"{file}: a folder, not a data file ({setting}); a Hugging Face datasets folder "
+                            f"(save_to_disk) holds {HF_STATE}")
+        return file
     if not file.is_file():
         raise DataError(f"{file}: no such file ({setting})")
     if file.stat().st_size == 0:
@@ -134,6 +143,8 @@ def _existing(path: str, setting: str) -> Path:
 
 
 def _format_of(file: Path) -> str:
+    if file.is_dir():
+        return "hf_dataset"
     fmt = _EXTENSIONS.get(file.suffix.lower())
     if fmt is None:
         raise DataError(f"{file}: cannot tell the format from the extension '{file.suffix}'; "
@@ -160,6 +171,8 @@ def _read_columns(file: Path, fmt: str, wanted: list[str]) -> tuple[int, list[st
 def _read_table(file: Path, fmt: str, wanted: list[str]) -> pa.Table:
     if fmt == "parquet":
         return pq.read_table(file)
+    if fmt == "hf_dataset":
+        return _read_hf_dataset(file)
     data = pa.BufferReader(_utf8_bytes(file))
     if fmt == "jsonl":
         return pa_json.read_json(data)
@@ -172,6 +185,38 @@ def _read_table(file: Path, fmt: str, wanted: list[str]) -> pa.Table:
         # Read the two columns as text even when they look numeric: ids are resolved later.
         convert_options=pa_csv.ConvertOptions(column_types={c: pa.string() for c in wanted}),
     )
+
+
+HF_STATE = "state.json"  # what datasets' save_to_disk writes next to its Arrow files
+
+
+def _read_hf_dataset(folder: Path) -> pa.Table:
+    """A ``datasets.Dataset.save_to_disk`` folder: its Arrow files (IPC streams, listed in state.json),
+    with ClassLabel columns (and lists of them: multi-label) as their names, from dataset_info.json."""
+    files = [folder / entry["filename"] for entry in json.loads((folder / HF_STATE).read_text()).get("_data_files", [])]
+    missing = next((f for f in files if not f.is_file()), None)
+    if not files or missing:
+        raise DataError(f"{folder}: {HF_STATE} names {'no Arrow file' if not files else f'{missing.name}, which is missing'}")
+    tables = []
+    for arrow in files:
+        with pa.memory_map(str(arrow)) as source:
+            tables.append(pa.ipc.open_stream(source).read_all())
+    table = pa.concat_tables(tables)
+    info = folder / "dataset_info.json"
+    features = json.loads(info.read_text()).get("features") or {} if info.is_file() else {}
+    for name, feature in features.items():
+        label = feature if isinstance(feature, dict) and feature.get("_type") == "ClassLabel" else (
+            feature.get("feature") if isinstance(feature, dict) else None)
+        if name not in table.column_names or not (isinstance(label, dict) and label.get("_type") == "ClassLabel"):
+            continue
+        names = label["names"]
+
+        def named(i, names=names):  # -1 (no label) and other ids outside the names: no label
+            return names[i] if isinstance(i, int) and 0 <= i < len(names) else None
+
+        values = [[named(i) for i in v] if isinstance(v, list) else named(v) for v in table.column(name).to_pylist()]
+        table = table.set_column(table.column_names.index(name), name, pa.array(values))
+    return table
 
 
 def _utf8_bytes(file: Path) -> bytes:

@@ -319,3 +319,25 @@ def test_bad_stop_words(tmp_path):
     (tmp_path / "stop.txt").write_bytes(b"ok\n\xff\n")
     with pytest.raises(DataError, match=r"stop\.txt: line 2: not UTF-8"):
         load_stop_words(str(tmp_path / "stop.txt"))
+
+
+def test_a_hugging_face_datasets_folder_reads_like_a_file(tmp_path):
+    """datasets' own save_to_disk: a plain string label column, and a ClassLabel column whose ids are
+    read as their names; a DatasetDict folder and a folder without state.json get one line each."""
+    import datasets
+
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "plain"))
+    ds = load_dataset(DataConfig(train=str(tmp_path / "plain"), val=str(tmp_path / "plain")), 0)
+    assert ds.train == Split([r["text"] for r in ROWS], [1, 0, 1, 0]) and ds.classes == ["neg", "pos"]
+
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["neg", "pos"])})
+    labelled = datasets.Dataset.from_dict({"text": [r["text"] for r in ROWS], "label": [1, 0, 1, 0]}, features=features)
+    datasets.DatasetDict({"train": labelled, "validation": labelled}).save_to_disk(str(tmp_path / "dict"))
+    ds = load_dataset(DataConfig(train=str(tmp_path / "dict" / "train"), val=str(tmp_path / "dict" / "validation")), 0)
+    assert ds.train.labels == [1, 0, 1, 0] and ds.classes == ["neg", "pos"]
+
+    with pytest.raises(DataError, match=r"a Hugging Face DatasetDict folder \(data.train\); name one of its splits \(train, validation\)"):
+        load_dataset(DataConfig(train=str(tmp_path / "dict")), 0)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"a folder, not a data file \(data.train\)"):
+        load_dataset(DataConfig(train=str(tmp_path / "empty")), 0)
