@@ -6,10 +6,9 @@ the fold finishes on the head from its last checkpoint, with the metrics of an u
 Two runs of experiments/smoke.yaml with 2 folds (one on each node, 1 CPU each) through
 `orchestrator run --address` on the same cluster (benchmarks/local_cluster.py, loopback only): first
 uninterrupted (the baseline), then with the worker node SIGKILLed (every Ray process on it, then its
-`ray start` process group) once the fold it trains has reported an epoch, i.e. registered a
-checkpoint. Reported: both wall times (figure = the interrupted run, baseline = the uninterrupted one,
-ratio), the recovery time (kill -> the fold's first epoch after the restart, which waits for the
-head's CPU to free up), the nodes each phase of the fold ran on, and the largest difference of any
+`ray start` process group) once the fold it trains has registered a checkpoint. Reported: both wall times (figure = the interrupted run, baseline = the uninterrupted one,
+ratio), the recovery time (kill -> the fold's first checkpoint after the restart, which waits for
+the head's CPU to free up), the nodes each phase of the fold ran on, and the largest difference of any
 per-epoch metric between the two runs (0 when the resumed fold trained exactly as the uninterrupted
 one: the checkpoint holds the full training state, RNGs included).
 
@@ -46,9 +45,23 @@ def epoch_rows(run_root: Path) -> dict[str, list[dict]]:
     return out
 
 
+def checkpoint_metrics(run_root: Path) -> dict[str, dict]:
+    """Per trial id, the metrics of its fold's latest registered checkpoint (Ray Train writes the
+    snapshot right after registering one; each report names its node and the worker's start epoch)."""
+    out = {}
+    for path in (run_root / "ray").glob("trial_*/checkpoint_manager_snapshot.json"):
+        try:
+            latest = json.loads(path.read_text()).get("latest_checkpoint_result") or {}
+        except (OSError, ValueError):  # being rewritten: read it at the next poll
+            continue
+        if latest.get("metrics"):
+            out[path.parent.name.removeprefix("trial_")] = latest["metrics"]
+    return out
+
+
 class NodeKiller(threading.Thread):
-    """Kills ``node_id`` (its Ray processes, then its `ray start` group ``proc``) once a fold on it has
-    reported an epoch; then waits for that fold's first epoch from a restarted worker."""
+    """Kills ``node_id`` (its Ray processes, then its `ray start` group ``proc``) once the fold it trains
+    has registered a checkpoint; then waits for a checkpoint of that fold from a restarted worker."""
 
     def __init__(self, cluster: LocalCluster, node_id: str, proc: subprocess.Popen, run_root: Path, timeout: float):
         super().__init__(daemon=True)
@@ -57,21 +70,21 @@ class NodeKiller(threading.Thread):
         self.killed_at: Optional[float] = None
         self.epoch_at_kill: Optional[int] = None
         self.recovery_s: Optional[float] = None
-        self.error: Optional[str] = None
+        self.error: Optional[str] = "the driver ended before the fold on the worker node was killed and resumed"
+        self.stop = threading.Event()
 
     def run(self) -> None:
         try:
             deadline = time.monotonic() + self.timeout
-            while time.monotonic() < deadline:
-                for trial_id, rows in epoch_rows(self.run_root).items():
-                    if self.killed_at is None and any(r["node_id"] == self.node_id for r in rows):
-                        self.trial_id, self.epoch_at_kill = trial_id, max(r["epoch"] for r in rows)
+            while time.monotonic() < deadline and not self.stop.is_set():
+                for trial_id, metrics in checkpoint_metrics(self.run_root).items():
+                    if self.killed_at is None and metrics.get("node_id") == self.node_id:
+                        self.trial_id, self.epoch_at_kill = trial_id, metrics["epoch"]
                         self.kill()
-                    elif trial_id == self.trial_id and any(r["start_epoch"] > 0 for r in rows):
-                        self.recovery_s = time.monotonic() - self.killed_at
+                    elif trial_id == self.trial_id and metrics.get("start_epoch", 0) > 0:
+                        self.recovery_s, self.error = time.monotonic() - self.killed_at, None
                         return
-                time.sleep(0.2)
-            self.error = "the fold on the worker node never reported" if self.killed_at is None else "the fold never resumed"
+                time.sleep(0.05)
         except Exception as exc:  # reported by the caller, not lost in the thread
             self.error = repr(exc)
 
@@ -140,6 +153,7 @@ def measure(runs_dir: Path, rows: int = 3000, epochs: int = 8, timeout: float = 
         clean = run_smoke(cluster, runs_dir, "uninterrupted", rows, epochs, timeout)
         killer = NodeKiller(cluster, worker, cluster.procs[-1], runs_dir / "node_kill", timeout)
         killed = run_smoke(cluster, runs_dir, "node_kill", rows, epochs, timeout, killer)
+        killer.stop.set()
         killer.join(timeout=10)
     finally:
         cluster.stop()
@@ -150,7 +164,7 @@ def measure(runs_dir: Path, rows: int = 3000, epochs: int = 8, timeout: float = 
     diff = max_metric_diff(clean["histories"], killed["histories"])
     return {
         "what": f"smoke TextCNN, 2 folds x {epochs} epochs on {rows} rows, two 1-CPU nodes on one host; the worker node "
-                "SIGKILLed once its fold reported an epoch",
+                "SIGKILLed once its fold registered a checkpoint",
         "unit": "s", "figure": killed["wall_s"], "baseline": clean["wall_s"], "ratio": killed["wall_s"] / clean["wall_s"],
         "exit_codes": {"uninterrupted": clean["code"], "node_kill": killed["code"]},
         "killer_error": killer.error, "epoch_at_kill": killer.epoch_at_kill, "resumed_from_epoch": resumed_at,
