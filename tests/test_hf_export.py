@@ -68,3 +68,16 @@ def test_export_stage_writes_every_hf_model_when_export_hf_is_on(bert_run):  # n
     for name, result in results["hf"].items():
         assert result["max_abs_diff"] <= 1e-5 and result["same_labels"], name
         assert json.loads((run.hf_export_dir(name) / "config.json").read_text())["problem_type"] == "single_label_classification"
+
+
+def test_export_stage_says_which_models_have_no_hf_form(smoke_run, tmp_path):
+    import shutil
+
+    from orchestrator.config import with_overrides
+    from orchestrator.rundir import RunDir
+    from orchestrator.stages.export import run_export
+
+    run = RunDir.open(shutil.copytree(smoke_run.run.root, tmp_path / "smoke"))
+    results = run_export(with_overrides(run.config(), {"export.hf": True}), run)
+    assert "a small model has no Hugging Face form" in results["hf"]["fold_0"]["skipped"]
+    assert not run.hf_export_dir("fold_0").exists()

@@ -6,7 +6,6 @@ some text classifiers). With ``export.hf``, every hf-kind model is also written 
 folder, ``export/hf/<name>/`` (trainables/hf_format.py), checked against the model's probabilities."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,6 @@ from orchestrator.evaluate.loading import model_folder
 from orchestrator.evaluate.measure import Artifact, measure
 from orchestrator.rundir import RunDir, RunDirError, write_json
 from trainables.export import PARITY_FILE, export_model_dir
-from trainables.models import META_FILE
 from trainables.metrics import probabilities
 from trainables.text.encoders import load_text_encoder
 
@@ -31,13 +29,13 @@ def run_export(cfg: ExperimentConfig, run: RunDir) -> dict:
     export} (``export.hf``); raises when an export disagrees with the torch model."""
     results = run_onnx_export(cfg, run) if cfg.export.onnx else {}
     if cfg.export.hf:
-        results["hf"] = {name: export_hf_folder(run, name, source, run.hf_export_dir(name))
-                         for name, source in run.model_sources().items() if model_kind(source) == "hf"}
+        results["hf"] = {}
+        for name, source in run.model_sources().items():
+            try:
+                results["hf"][name] = export_hf_folder(run, name, source, run.hf_export_dir(name))
+            except RunDirError as exc:  # no Hugging Face form (a small model, T5, a pruned encoder): said, not fatal
+                results["hf"][name] = {"skipped": str(exc)}
     return results
-
-
-def model_kind(model_dir: Path) -> str:
-    return json.loads((model_dir / META_FILE).read_text())["model"]["kind"]
 
 
 def run_onnx_export(cfg: ExperimentConfig, run: RunDir) -> dict:
