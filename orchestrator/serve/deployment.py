@@ -1,8 +1,10 @@
 """Ray Serve hosts a run's fold ensemble over HTTP (design: docs/serving.md).
 
 Each replica of the ``Classifier`` deployment (FastAPI ingress) loads the K fold models once.
-Every text of every request goes through one ``@serve.batch`` queue, so texts of concurrent
-requests share a batch and each batch runs the ensemble once.
+Every text of every request (``/predict``, and ``/hf`` in the Hugging Face Inference API's shape)
+goes through one ``@serve.batch`` queue, so texts of concurrent requests share a batch and each
+batch runs the ensemble once. ``deploy`` serves a run from Python; ``build_app`` and
+``serve_config`` are the same application for Ray Serve's own ``serve run`` / ``serve deploy``.
 """
 
 import asyncio
@@ -15,8 +17,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
 from ray import serve
 from starlette.exceptions import HTTPException
 
