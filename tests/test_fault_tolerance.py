@@ -154,6 +154,19 @@ class WorkerKiller(threading.Thread):
             self.error = repr(exc)
 
 
+def run_with_a_worker_killed(cfg, root: Path):
+    """(summary, killer) of the experiment run while a WorkerKiller SIGKILLs a training worker of it."""
+    killer = WorkerKiller(root / "ray")
+    killer.start()
+    try:
+        summary = run_experiment(cfg, log=lambda *_: None)
+    finally:
+        killer.stop.set()
+        killer.join(timeout=10)
+    assert killer.error is None and killer.killed_pid, killer.error
+    return summary, killer
+
+
 # ---- tests ---------------------------------------------------------------------------------------
 def test_killed_worker_restarts_from_the_folds_last_checkpoint(ray_session, tmp_path):
     """SIGKILL of the training worker mid-fold: FailureConfig restarts the worker group, the new
@@ -164,14 +177,7 @@ def test_killed_worker_restarts_from_the_folds_last_checkpoint(ray_session, tmp_
                                                "train.early_stopping_patience": None})
     pgs_before, actors_before = live_pg_ids(), live_train_actor_ids()
     root = tmp_path / "worker_kill"
-    killer = WorkerKiller(root / "ray")
-    killer.start()
-    try:
-        summary = run_experiment(cfg, log=lambda *_: None)
-    finally:
-        killer.stop.set()
-        killer.join(timeout=10)
-    assert killer.error is None and killer.killed_pid, killer.error
+    summary, killer = run_with_a_worker_killed(cfg, root)
     assert killer.checkpoint_epoch >= 1
 
     # every epoch exactly once in the fold's history (restored from the checkpoint, then continued)
@@ -245,14 +251,7 @@ def test_a_killed_worker_of_two_restarts_the_fold_from_its_checkpoint(ray_sessio
     cfg = with_overrides(load_config(SMOKE), {"name": "two_worker_kill", "runs_dir": str(tmp_path), "train.epochs": epochs,
                                                "train.num_workers": 2, "train.early_stopping_patience": None})
     root = tmp_path / "two_worker_kill"
-    killer = WorkerKiller(root / "ray")
-    killer.start()
-    try:
-        summary = run_experiment(cfg, log=lambda *_: None)
-    finally:
-        killer.stop.set()
-        killer.join(timeout=10)
-    assert killer.error is None and killer.killed_pid, killer.error
+    summary, killer = run_with_a_worker_killed(cfg, root)
     assert [h["epoch"] for h in summary.folds[0].history] == list(range(1, epochs + 1))
     (rows,) = tune_reports(root).values()
     starts = sorted({r["start_epoch"] for r in rows if "start_epoch" in r})

@@ -311,6 +311,18 @@ def test_hf_route_answers_in_the_inference_api_shape(served, client, runs):
     assert bad.status_code == 422 and set(bad.json()) == {"error"}
 
 
+def test_huggingface_hubs_own_client_talks_to_the_hf_route(served, client):
+    """huggingface_hub.InferenceClient, pointed at the service's /hf with the bearer token, gets the
+    labels and scores /predict gives, unchanged client code."""
+    from huggingface_hub import InferenceClient
+
+    hub = InferenceClient(model=f"{served[0]}/hf", token=TOKEN)
+    answer = hub.text_classification("the cat")
+    assert {a.label: a.score for a in answer} == client.predict("the cat")["predictions"][0]["probabilities"]
+    assert [a.label for a in hub.text_classification("a dog in the city by the river", top_k=1)] == \
+        client.predict("a dog in the city by the river")["predictions"][0]["labels"]
+
+
 def test_openapi_documents_predict_and_hf(served):
     url = served[0]
     spec = requests.get(f"{url}/openapi.json", timeout=30)
