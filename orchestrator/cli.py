@@ -191,7 +191,10 @@ def cmd_serve(args) -> int:
         from orchestrator.serve.deployment import serve_config
         from trainables.atomic import atomic_write_text
 
-        atomic_write_text(Path(args.write_config), yaml.safe_dump(serve_config(run, cfg, args.onnx), sort_keys=False))
+        target = Path(args.write_config)
+        if not target.parent.is_dir():
+            raise ConfigError(f"--write-config {target}: no such folder {target.parent}")
+        atomic_write_text(target, yaml.safe_dump(serve_config(run, cfg, args.onnx), sort_keys=False))
         from orchestrator.config import TOKEN_ENV
 
         console.print(f"wrote {args.write_config}: `serve run {args.write_config}` or `serve deploy {args.write_config}` "

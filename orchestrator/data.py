@@ -193,7 +193,10 @@ HF_STATE = "state.json"  # what datasets' save_to_disk writes next to its Arrow 
 def _read_hf_dataset(folder: Path) -> pa.Table:
     """A ``datasets.Dataset.save_to_disk`` folder: its Arrow files (IPC streams, listed in state.json),
     with ClassLabel columns (and lists of them: multi-label) as their names, from dataset_info.json."""
-    files = [folder / entry["filename"] for entry in json.loads((folder / HF_STATE).read_text()).get("_data_files", [])]
+    state = _json_object(folder / HF_STATE)
+    entries = state.get("_data_files")
+    files = [folder / e["filename"] for e in entries if isinstance(e, dict) and isinstance(e.get("filename"), str)] \
+        if isinstance(entries, list) else []
     missing = next((f for f in files if not f.is_file()), None)
     if not files or missing:
         raise DataError(f"{folder}: {HF_STATE} names {'no Arrow file' if not files else f'{missing.name}, which is missing'}")
@@ -203,7 +206,8 @@ def _read_hf_dataset(folder: Path) -> pa.Table:
             tables.append(pa.ipc.open_stream(source).read_all())
     table = pa.concat_tables(tables)
     info = folder / "dataset_info.json"
-    features = json.loads(info.read_text()).get("features") or {} if info.is_file() else {}
+    features = (_json_object(info).get("features") or {}) if info.is_file() else {}
+    features = features if isinstance(features, dict) else {}
     for name, feature in features.items():
         label = feature if isinstance(feature, dict) and feature.get("_type") == "ClassLabel" else (
             feature.get("feature") if isinstance(feature, dict) else None)
@@ -217,6 +221,17 @@ def _read_hf_dataset(folder: Path) -> pa.Table:
         values = [[named(i) for i in v] if isinstance(v, list) else named(v) for v in table.column(name).to_pylist()]
         table = table.set_column(table.column_names.index(name), name, pa.array(values))
     return table
+
+
+def _json_object(file: Path) -> dict:
+    """A JSON object file of a datasets folder, or a one-line DataError."""
+    try:
+        value = json.loads(file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{file}: not valid JSON ({str(exc).splitlines()[0][:80]})") from None
+    if not isinstance(value, dict):
+        raise DataError(f"{file}: expected a JSON object, got a {type(value).__name__}")
+    return value
 
 
 def _utf8_bytes(file: Path) -> bytes:

@@ -341,3 +341,14 @@ def test_a_hugging_face_datasets_folder_reads_like_a_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match=r"a folder, not a data file \(data.train\)"):
         load_dataset(DataConfig(train=str(tmp_path / "empty")), 0)
+
+
+@pytest.mark.parametrize("state, message", [("{bad", "not valid JSON"), ("[1]", "expected a JSON object, got a list"),
+                                            ('{"_data_files": []}', "names no Arrow file"),
+                                            ('{"_data_files": [{"filename": "x.arrow"}]}', "x.arrow, which is missing")])
+def test_a_broken_datasets_folder_is_one_line(tmp_path, state, message):
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "state.json").write_text(state)
+    with pytest.raises(DataError, match=message) as err:
+        load_dataset(DataConfig(train=str(tmp_path / "ds")), 0)
+    assert "\n" not in str(err.value)

@@ -81,3 +81,17 @@ def test_export_stage_says_which_models_have_no_hf_form(smoke_run, tmp_path):
     results = run_export(with_overrides(run.config(), {"export.hf": True}), run)
     assert "a small model has no Hugging Face form" in results["hf"]["fold_0"]["skipped"]
     assert not run.hf_export_dir("fold_0").exists()
+
+
+def test_export_never_overwrites_a_foreign_folder(bert_run, tmp_path, capsys):  # noqa: F811
+    _, run = bert_run
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main(["export", str(run.root), "--model", "fold:0", "--out", str(mine)]) == 2
+    assert "exists and is not an earlier Hugging Face export" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
+    out = tmp_path / "hf"
+    for _ in range(2):  # an earlier export of the project's is replaced whole
+        assert main(["export", str(run.root), "--model", "fold:0", "--out", str(out)]) == 0
+    assert (out / "model.safetensors").is_file() and not any(p.name.startswith(".") for p in tmp_path.iterdir())

@@ -88,3 +88,10 @@ def test_write_config_refuses_onnx_without_exports(tmp_path, capsys):
     run_dir = make_tiny_run(tmp_path, "tiny-noonnx", seed=5)
     assert main(["serve", str(run_dir), "--onnx", "--write-config", str(tmp_path / "s.yaml")]) == 2
     assert "no ONNX exports" in capsys.readouterr().err and not (tmp_path / "s.yaml").exists()
+
+
+def test_write_config_into_a_missing_folder_is_one_line(tmp_path, capsys):
+    run_dir = make_tiny_run(tmp_path, "tiny-nofolder", seed=6)
+    assert main(["serve", str(run_dir), "--write-config", str(tmp_path / "nope" / "s.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --write-config {tmp_path / 'nope' / 's.yaml'}: no such folder {tmp_path / 'nope'}"

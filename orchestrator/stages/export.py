@@ -6,6 +6,7 @@ some text classifiers). With ``export.hf``, every hf-kind model is also written 
 folder, ``export/hf/<name>/`` (trainables/hf_format.py), checked against the model's probabilities."""
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from orchestrator.evaluate.loading import model_folder
 from orchestrator.evaluate.measure import Artifact, measure
 from orchestrator.rundir import RunDir, RunDirError, write_json
 from trainables.export import PARITY_FILE, export_model_dir
+from trainables.hf_format import MODELING_FILE, NoHFForm, export_hf, hf_logits
 from trainables.metrics import probabilities
 from trainables.text.encoders import load_text_encoder
 
@@ -74,27 +76,33 @@ def export_hf_model(run: RunDir, model: str, out: Path) -> dict:
     {folder, max_abs_diff of probabilities, same_labels, texts}."""
     if model == "ensemble":
         raise RunDirError("export --format hf: an ensemble has no single Hugging Face form; export fold:<k> or the student")
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / MODELING_FILE).is_file())):
+        raise RunDirError(f"export --out {out}: exists and is not an earlier Hugging Face export; choose a new folder")
     return export_hf_folder(run, model, model_folder(run, model), out)
 
 
 def export_hf_folder(run: RunDir, model: str, folder: Path, out: Path) -> dict:
     """The model directory ``folder`` (called ``model`` in the card) as a Hugging Face folder ``out``,
-    parity-checked (``export_hf_model``)."""
-    from trainables.hf_format import NoHFForm, export_hf, hf_logits
-
+    checked against the model's own probabilities before it is put in place (a failed export leaves
+    nothing half-written)."""
     figures = measure(run, Artifact(model, "torch", (folder,)))
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        export_hf(folder, out, model_card(run, model, folder, figures))
+        export_hf(folder, tmp, model_card(run, model, folder, figures))
+        ours = Ensemble([folder], device="cpu")
+        texts = run.evaluation_split().texts[:HF_PARITY_TEXTS]
+        want = ours.predict_proba(texts)
+        got = probabilities(hf_logits(tmp, texts).numpy(), ours.multilabel)
+        diff, same = float(np.abs(got - want).max()), bool((got.argmax(1) == want.argmax(1)).all())
+        if diff > 1e-4 or not same:
+            raise RuntimeError(f"export --format hf: transformers' probabilities differ from the model's by {diff:.2e}")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
     except NoHFForm as exc:
         raise RunDirError(str(exc)) from None
-    ours = Ensemble([folder], device="cpu")
-    texts = run.evaluation_split().texts[:HF_PARITY_TEXTS]
-    want = ours.predict_proba(texts)
-    got = probabilities(hf_logits(out, texts).numpy(), ours.multilabel)
-    diff = float(np.abs(got - want).max())
-    same = bool((got.argmax(1) == want.argmax(1)).all())
-    if diff > 1e-4 or not same:
-        raise RuntimeError(f"export --format hf: transformers' probabilities differ from the model's by {diff:.2e}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return {"folder": str(out), "max_abs_diff": diff, "same_labels": same, "texts": len(texts)}
 
 
