@@ -88,9 +88,9 @@ def export_hf_folder(run: RunDir, model: str, folder: Path, out: Path) -> dict:
     figures = measure(run, Artifact(model, "torch", (folder,)))
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
+    ours = Ensemble([folder], device="cpu")
     try:
-        export_hf(folder, tmp, model_card(run, model, folder, figures))
-        ours = Ensemble([folder], device="cpu")
+        export_hf(folder, tmp, model_card(run, model, ours, figures))
         texts = run.evaluation_split().texts[:HF_PARITY_TEXTS]
         want = ours.predict_proba(texts)
         got = probabilities(hf_logits(tmp, texts).numpy(), ours.multilabel)
@@ -106,13 +106,13 @@ def export_hf_folder(run: RunDir, model: str, folder: Path, out: Path) -> dict:
     return {"folder": str(out), "max_abs_diff": diff, "same_labels": same, "texts": len(texts)}
 
 
-def model_card(run: RunDir, model: str, folder: Path, figures: dict) -> str:
+def model_card(run: RunDir, model: str, ours: Ensemble, figures: dict) -> str:
     """README.md of a Hugging Face export: what it is, its labels, how to load it, and its figures on
     the run's evaluation split (orchestrator/evaluate/measure.py)."""
     from orchestrator.evaluate.measure import describe
 
-    manifest, model_ = run.manifest(), Ensemble([folder], device="cpu")
-    classes, max_length = model_.classes, model_.encoder.max_length
+    manifest, folder = run.manifest(), Path(ours.model_dirs[0])
+    classes, max_length = ours.classes, ours.encoder.max_length
     metrics = "\n".join(f"| {k} | {figures[k]:.4f} |" for k in ("macro_f1", "accuracy", "micro_f1", "weighted_f1") if k in figures)
     return f"""---
 library_name: transformers
