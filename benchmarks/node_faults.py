@@ -30,6 +30,8 @@ from typing import Optional
 
 from benchmarks.common import ROOT, write_result
 from benchmarks.local_cluster import LocalCluster
+from orchestrator.rundir import RunDir
+from orchestrator.train.tune import TUNE_NAME
 
 SMOKE = ROOT / "experiments" / "smoke.yaml"
 COMPARED = ("train_loss", "val_loss", "val_macro_f1", "val_accuracy")
@@ -38,7 +40,7 @@ COMPARED = ("train_loss", "val_loss", "val_macro_f1", "val_accuracy")
 def epoch_rows(run_root: Path) -> dict[str, list[dict]]:
     """Per trial id, the epoch results Tune recorded (result.json rows that carry a node id)."""
     out = {}
-    for path in (run_root / "ray" / "tune").glob("*/result.json"):
+    for path in RunDir(run_root).ray_run(TUNE_NAME).glob("*/result.json"):
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         if rows:
             out[rows[0]["trial_id"]] = [r for r in rows if "node_id" in r]
@@ -49,7 +51,7 @@ def checkpoint_metrics(run_root: Path) -> dict[str, dict]:
     """Per trial id, the metrics of its fold's latest registered checkpoint (Ray Train writes the
     snapshot right after registering one; each report names its node and the worker's start epoch)."""
     out = {}
-    for path in (run_root / "ray").glob("trial_*/checkpoint_manager_snapshot.json"):
+    for path in RunDir(run_root).ray_storage.glob("trial_*/checkpoint_manager_snapshot.json"):
         try:
             latest = json.loads(path.read_text()).get("latest_checkpoint_result") or {}
         except (OSError, ValueError):  # being rewritten: read it at the next poll
@@ -125,7 +127,7 @@ def run_smoke(cluster: LocalCluster, runs_dir: Path, name: str, rows: int, epoch
     root = runs_dir / name
     histories = {}
     for fold in range(2):
-        path = root / "folds" / str(fold) / "history.json"
+        path = RunDir(root).fold_dir(fold) / "history.json"
         histories[fold] = json.loads(path.read_text())["history"] if path.is_file() else []
     return {"code": code, "wall_s": time.monotonic() - started, "histories": histories, "epochs": epoch_rows(root),
             "log_tail": log.read_text(errors="replace")[-2000:] if code != 0 else ""}
