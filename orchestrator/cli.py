@@ -176,10 +176,13 @@ def _predict_lines(ensemble, texts: list[str], top: int) -> list[dict]:
 
 def cmd_serve(args) -> int:
     from orchestrator.config import with_overrides
+    from orchestrator.extras import require
+
+    run = RunDir.open(args.run)
+    require("serve", "orchestrator serve")
     from orchestrator.serve.deployment import serve_until_interrupted
     from orchestrator.train.cluster import init_ray
 
-    run = RunDir.open(args.run)
     flags = {f"serve.{k}": getattr(args, k) for k in ("host", "port", "replicas") if getattr(args, k) is not None}
     if args.insecure:
         flags["serve.insecure"] = True

@@ -13,21 +13,25 @@ import numpy as np
 
 from orchestrator.config import ConfigError, ExperimentConfig, with_overrides
 from orchestrator.data import DataError, Dataset, fold_plan, label_array, load_dataset
+from orchestrator.extras import require
 from orchestrator.stages.distill import student_config
 from orchestrator.train.tune import build_scheduler, parse_distribution, search_space
 from trainables.config import ModelConfig
 from trainables.models.small import vector_dim
+from trainables.text.vocab import has_cjk
 from trainables.pretrained import BUILTIN_ALIASES, resolve_pretrained
 
 
 def validate(cfg: ExperimentConfig) -> Dataset:
     """The experiment's data, once every check has passed."""
+    check_extras(cfg)
     dataset = load_dataset(cfg.data, cfg.seed)
+    check_word_tokens(cfg, dataset)
     check_classes(dataset, cfg.data.train or cfg.data.source)
     fold_plan(dataset, cfg.cv.folds, cfg.seed)  # K stratified folds need K rows of every class
     search_space(cfg.tune, cfg)
     build_scheduler(cfg)
-    for key, model in (("model", cfg.model), *((("distill.student", cfg.distill.student),) if cfg.distill.enabled else ())):
+    for key, model in _models(cfg):
         check_model_name(model, key)
         check_vectors(model, key)
     if cfg.distill.enabled:
@@ -36,6 +40,30 @@ def validate(cfg: ExperimentConfig) -> Dataset:
     if cfg.serve.enabled:
         cfg.serve.with_token().check_exposure()
     return dataset
+
+
+def _models(cfg: ExperimentConfig) -> list[tuple[str, ModelConfig]]:
+    """(key, model) of every model the experiment trains: the model and, when distilling, the student."""
+    return [("model", cfg.model), *((("distill.student", cfg.distill.student),) if cfg.distill.enabled else ())]
+
+
+def check_extras(cfg: ExperimentConfig) -> None:
+    """The optional installs the config's stages use are present (MissingExtra names the one that is not)."""
+    if cfg.distill.enabled and cfg.distill.mode == "self":
+        require("compress", "distill.mode: self (TextBrewer)", ("textbrewer",))
+    if cfg.prune.mode != "none":
+        require("compress", f"prune.mode: {cfg.prune.mode} (TextPruner)", ("textpruner",))
+    if cfg.export.onnx:
+        require("compress", "export.onnx (ONNX and ONNX Runtime)", ("onnx", "onnxruntime"))
+    if cfg.serve.enabled:
+        require("serve", "serve.enabled (Ray Serve over HTTP)")
+
+
+def check_word_tokens(cfg: ExperimentConfig, dataset: Dataset) -> None:
+    """Word tokens of Chinese (CJK) text come from jieba: the 'zh' extra."""
+    keys = [key for key, model in _models(cfg) if model.kind == "small" and model.tokens == "word"]
+    if keys and any(has_cjk(text) for split in (dataset.train, dataset.val, dataset.test) if split for text in split.texts):
+        require("zh", f"{keys[0]}.tokens: word on CJK text (jieba)", ("jieba",))
 
 
 def check_classes(dataset: Dataset, source: str) -> None:

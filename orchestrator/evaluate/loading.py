@@ -60,6 +60,9 @@ def load_ensemble(run: RunDir, backend: str, threads: Optional[int] = None, int8
     ``threads`` per session."""
     if backend == "onnx":
         from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
+        from orchestrator.extras import require
+
+        require("compress", "ONNX inference (ONNX Runtime)", ("onnxruntime",))
 
         exported = onnx_members(run)
         return OnnxEnsemble([d for d, _ in exported], int8=int8, threads=threads, weights=[w for _, w in exported])

@@ -47,9 +47,14 @@ def _jieba():
     return jieba
 
 
+def has_cjk(text: str) -> bool:
+    """Whether ``text`` holds a CJK character (``word_tokens`` splits it with jieba)."""
+    return _HAS_CJK.search(text) is not None
+
+
 def word_tokens(text: str) -> list[str]:
     """jieba words for text with CJK characters, else words and punctuation marks."""
-    if _HAS_CJK.search(text):
+    if has_cjk(text):
         return [t for t in _jieba().lcut(text) if not t.isspace()]
     return _WORD_TOKEN.findall(text)
 
