@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     mode.add_argument("--overwrite", action="store_true", help="delete an existing run directory and start over")
     run.add_argument("--resume-from", metavar="RUN", help="incremental training: start each fold from RUN's last training state (model, optimizer, scheduler, RNG)")
     run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.epochs=1 (YAML value)")
+    output = run.add_mutually_exclusive_group()
+    output.add_argument("--verbose", action="store_true", help="show the engine's output (Ray, Tune, Train, libraries) live instead of logging it to <run>/logs/")
+    output.add_argument("--quiet", action="store_true", help="print only the final summary")
 
     test = sub.add_parser("test", help="evaluate a run on its test split or a file")
     test.add_argument("run", help="run directory")
@@ -91,12 +94,33 @@ def _overrides(pairs: Sequence[str]) -> dict:
 
 
 def cmd_run(args) -> int:
+    """The experiment with its live view; the engine's output goes to <run>/logs/driver.log unless
+    --verbose. An error raised once that log exists names it."""
+    import ray
+
+    from orchestrator.engine_output import EngineOutput
     from orchestrator.pipeline import run_experiment
+    from orchestrator.report.live import RunView
     from orchestrator.report.terminal import print_summary
 
     cfg = load_config(args.config, _overrides(args.set))
-    run_experiment(cfg, resume=args.resume, overwrite=args.overwrite, address=args.address, log=console.print,
-                   resume_from=args.resume_from, on_done=lambda summary: print_summary(summary, console))
+    ray_was_up = ray.is_initialized()  # a caller's Ray (tests, a notebook) stays up
+    with EngineOutput(enabled=not args.verbose) as engine:
+        view_console = Console(file=engine.terminal, highlight=False) if engine.enabled else console
+        view = RunView(view_console, "quiet" if args.quiet else "live", engine)
+        try:
+            run_experiment(cfg, resume=args.resume, overwrite=args.overwrite, address=args.address,
+                           resume_from=args.resume_from, on_done=lambda summary: print_summary(summary, view_console), watch=view)
+        except Exception as exc:
+            if engine.path is not None:
+                if isinstance(exc, USER_ERRORS):
+                    exc.args = (f"{exc} (engine log: {engine.path})",)
+                else:
+                    print(f"engine log: {engine.path}", file=engine.terminal)
+            raise
+        finally:
+            if ray.is_initialized() and not ray_was_up:
+                ray.shutdown()  # while its last words still go to the log
     return 0
 
 

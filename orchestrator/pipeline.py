@@ -7,10 +7,11 @@ Each step records its status and cache key in manifest.json. Ray is started (or 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from orchestrator.config import ExperimentConfig
 from orchestrator.evaluate.evaluation import evaluate_run
@@ -22,6 +23,9 @@ from orchestrator.train.cluster import check_fits, init_ray
 from orchestrator.train.folds import FoldResult, fold_checkpoints, load_fold_result, prepare_folds
 from orchestrator.train.tune import config_count, tune_folds
 from orchestrator.validate import validate
+
+if TYPE_CHECKING:
+    from orchestrator.report.live import RunView
 
 
 @dataclass
@@ -39,7 +43,7 @@ class RunSummary:
 
 def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False,
                    address: Optional[str] = None, log=print, resume_from: Optional[str] = None,
-                   on_done: Optional[Callable[[RunSummary], object]] = None) -> RunSummary:
+                   on_done: Optional[Callable[[RunSummary], object]] = None, watch: Optional[RunView] = None) -> RunSummary:
     """Run every step of the experiment; raises DataError/ConfigError/RunDirError before writing anything
     (``validate``, then whether the cluster can place a fold, then the run directory).
 
@@ -48,13 +52,16 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool 
     ``resume_from`` (another run directory) starts every fold from that run's last training state
     (model, optimizer, scheduler, sampler epoch, RNG): incremental training up to train.epochs.
     ``on_done`` sees the summary once the report is written, before serving (``serve.enabled``)
-    blocks until Ctrl-C.
+    blocks until Ctrl-C. ``watch`` (the CLI's live view) takes the place of ``log`` and watches training.
     """
+    log = watch.log if watch is not None else log
     dataset = validate(cfg)
     checkpoints = fold_checkpoints(RunDir.open(resume_from), cfg.cv.folds) if resume_from else None
     init_ray(address)
     check_fits(cfg)
     run = RunDir.create(cfg, resume=resume, overwrite=overwrite)
+    if watch is not None:
+        watch.attach(run)
     run.update("data", "done", classes=dataset.classes, multilabel=dataset.multilabel,
                sizes={"train": len(dataset.train.texts), "val": len(dataset.val.texts),
                       "test": len(dataset.test.texts) if dataset.test else 0})
@@ -74,7 +81,8 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool 
         log(f"training {cfg.cv.folds} fold(s) x {config_count(cfg.tune)} config(s) of "
             f"{cfg.model.kind}:{cfg.model.arch if cfg.model.kind == 'small' else cfg.model.name} on {len(shared['ids'])} texts")
         run.update("train", "running", key=key)
-        outcome = tune_folds(cfg, run, shared, resume=resume, log=log)
+        with watch.training(cfg) if watch is not None else contextlib.nullcontext([]) as callbacks:
+            outcome = tune_folds(cfg, run, shared, resume=resume, log=log, callbacks=callbacks)
         results, trials = outcome.folds, outcome.trials
         metric = cfg.train.metric
         run.update("train", "done", key=key, folds=len(results), best_config=outcome.best_config,

@@ -81,6 +81,12 @@ class RunDir:
     def trials_json(self) -> Path:
         return self.root / "trials.json"
 
+    @property
+    def engine_log(self) -> Path:
+        """logs/driver.log: everything Ray, Tune, Train, transformers and warnings printed in the
+        driver, worker output included (Ray forwards it there)."""
+        return self.root / "logs" / "driver.log"
+
     def trial_dir(self, trial_id: str) -> Path:
         """A Tune trial's fold: its best model (``model/``), history.json, metrics.csv, tensorboard/."""
         return self.root / "trials" / trial_id

@@ -237,7 +237,7 @@ def test_an_error_on_one_of_two_workers_fails_the_fold_after_one_attempt(ray_ses
     data = fold_data(shared["ids"], shared["labels"], *shared["plan"][0], shared["encoder"], len(dataset.classes), dataset.multilabel)
     payload = {"data": data, "text_encoder": shared["encoder"], "meta": shared["meta"], "hooks": [FailOnRank1()]}
     run = RunDir(tmp_path / "two_workers")
-    result = build_torch_trainer(cfg, run, "fold", ray.put(payload)).fit()
+    result = build_torch_trainer(cfg, run, "fold", ray.put(payload), run.root / "fold").fit()
     assert failure(result) == "ValueError: bad batch on rank 1"
     assert sorted(starts.read_text().split()) == ["0", "1"]
     assert json.loads((run.ray_run("fold") / FAILURE_NOTE).read_text()) == {"error": "ValueError: bad batch on rank 1", "rank": 1}

@@ -102,6 +102,14 @@ def test_stage_table_in_the_terminal(report):
     print_stage_table(rows, console)
     text = console.export_text()
     assert "onnx int8" in text and f"{rows[0]['macro_f1']:.4f}" in text and "texts/s" in text
+    narrow = Console(record=True, width=80)  # a pipe, CI: rich's default width
+    print_stage_table(rows, narrow)
+    lines = narrow.export_text().splitlines()
+    assert max(map(len, lines)) <= 80
+    words = " ".join(lines).split()
+    assert {"macro-F1", "accuracy", "parameters", "texts/s", "backend"} <= set(words)  # no header word broken
+    for row in rows:
+        assert f"{row['macro_f1']:.4f}" in words and f"{row['parameters']:,}" in words
 
 
 def test_report_command(smoke_run, tmp_path, capsys):

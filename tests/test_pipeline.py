@@ -31,7 +31,14 @@ def test_smoke_run_writes_a_complete_run_directory(smoke_run):
     assert [h["epoch"] for h in history] == [1, 2]
     csv_lines = (root / "folds" / "0" / "metrics.csv").read_text().splitlines()
     assert len(csv_lines) == 3 and "val_macro_f1" in csv_lines[0].split(",")
-    assert any(p.name.startswith("events.out.tfevents") for p in (root / "folds" / "0" / "tensorboard").rglob("*"))
+    steps = json.loads((root / "folds" / "0" / "history.json").read_text())["steps"]
+    assert [s for s, _ in steps] == sorted({s for s, _ in steps}) and len(steps) >= 4 and all(loss > 0 for _, loss in steps)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    board = EventAccumulator(str(root / "folds" / "0" / "tensorboard"))
+    board.Reload()
+    assert [e.step for e in board.Scalars("train/loss")] == [s for s, _ in steps]  # written live by the worker
+    assert [e.step for e in board.Scalars("epoch/val_macro_f1")] == [1, 2]
     folds = json.loads((root / "test" / "folds.json").read_text())
     assert len(folds["folds"]) == 1 and folds["folds"][0]["macro_f1"] == pytest.approx(folds["ensemble"]["macro_f1"])
     for name in ("metrics.json", "per_class.csv", "confusion_matrix.csv", "confusion_matrix.png", "badcases.csv"):

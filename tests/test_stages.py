@@ -174,4 +174,5 @@ def test_a_student_that_fails_in_its_worker_ends_the_run_with_one_line(smoke_cop
     assert code == 2 and last.startswith("error: distill student: "), last
     assert "Traceback" not in last and "RayTaskError" not in last and "ray::" not in last
     record = json.loads((root / "manifest.json").read_text())["stages"]["distill"]
-    assert record["status"] == "failed" and record["error"] == last.removeprefix("error: ")
+    assert record["status"] == "failed" and last == f"error: {record['error']} (engine log: {root / 'logs' / 'driver.log'})"
+    assert "Traceback" in (root / "logs" / "driver.log").read_text()  # the worker's, findable from the printed path

@@ -71,6 +71,7 @@ class TrainConfig(Section):
     bucket_pool: int = Field(50, ge=1, description="bucket: batches per pool sorted by length (small = label mix near the data's, large = least padding).")
     bucket_noise: float = Field(0.0, ge=0, lt=1, description="bucket: sort on length x (1 + uniform(-noise, noise)) so near-equal lengths mix across batches.")
     bucket_stratify: bool = Field(True, description="bucket: batch rows by length quantile within their own class, so every batch keeps the pool's label mix.")
+    log_every_steps: int = Field(10, ge=1, description="Log the mean train loss every this many optimizer steps (and at each epoch's end): live to TensorBoard, and the step curve of report.html.")
     early_stopping_patience: Optional[int] = Field(2, ge=1, description="Stop after this many epochs without improvement (null = off).")
     metric: Literal["macro_f1", "micro_f1", "accuracy", "loss"] = Field("macro_f1", description="Validation metric for best checkpoint and early stopping.")
     threshold: float = Field(0.5, gt=0, lt=1, description="multilabel: sigmoid threshold.")

@@ -67,6 +67,7 @@ class FitState:
     best_epoch: Optional[int] = None  # 1-based, like the history rows' "epoch"
     bad_epochs: int = 0
     history: list[dict] = field(default_factory=list)
+    steps: list[list[float]] = field(default_factory=list)  # [optimizer step, mean train loss since the last entry]
 
 
 def best_row(history: Sequence[dict]) -> dict:
@@ -154,11 +155,14 @@ class Trainer:
         self.val_logits: Optional[np.ndarray] = None       # of the latest evaluate()
         self.best_val_logits: Optional[np.ndarray] = None  # of the best epoch: its out-of-fold predictions
         self._started = False
+        self.on_step: Callable[[int, float], None] = lambda *_: None
 
     # ---- training ---------------------------------------------------------------------------
     def fit(self, on_epoch: Callable[["Trainer", EpochResult], None] = lambda *_: None,
-            until_epoch: Optional[int] = None) -> FitState:
-        """Train from the current state to the last epoch (or ``until_epoch``) or early stop."""
+            until_epoch: Optional[int] = None, on_step: Callable[[int, float], None] = lambda *_: None) -> FitState:
+        """Train from the current state to the last epoch (or ``until_epoch``) or early stop;
+        ``on_step(step, loss)`` sees each entry of ``fit_state.steps`` as it is logged."""
+        self.on_step = on_step
         if not self._started:
             self.hooks.on_fit_start(self.state)
             self._started = True
@@ -175,7 +179,7 @@ class Trainer:
         state.epoch = epoch
         self.model.train()
         batches = epoch_batches(self.data, cfg, self.seed, epoch, self.rank, self.world)
-        started, seen, loss_sum = time.perf_counter(), 0, 0.0
+        started, seen, loss_sum, window = time.perf_counter(), 0, 0.0, [0.0, 0]
         for i, rows in enumerate(batches):
             batch = self._batch(rows)
             loss = self.hooks.loss(state, batch)
@@ -183,10 +187,14 @@ class Trainer:
                 loss = state.compute_loss(batch)
             state.backward(loss)
             self.hooks.after_backward(state, batch)
-            loss_sum += loss.item() * len(rows)
-            seen += len(rows)
+            value = loss.item() * len(rows)
+            loss_sum, seen, window = loss_sum + value, seen + len(rows), [window[0] + value, window[1] + len(rows)]
             if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches):
                 self._optimizer_step()
+                if state.step % cfg.log_every_steps == 0 or i + 1 == len(batches):
+                    self.fit_state.steps.append([state.step, window[0] / window[1]])
+                    self.on_step(state.step, window[0] / window[1])
+                    window = [0.0, 0]
         self.hooks.on_epoch_end(state, epoch)
         train_time = time.perf_counter() - started
         with self.hooks.eval_weights(state):

@@ -12,6 +12,7 @@ import json
 import tempfile
 import traceback
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import ray
@@ -50,10 +51,36 @@ def write_checkpoint(directory: Path, trainer: Trainer, payload: dict, model_cfg
     if trainer.best_val_logits is not None:
         np.save(directory / VAL_LOGITS, trainer.best_val_logits)
     fit = trainer.fit_state
-    atomic_write_text(directory / HISTORY_FILE, json.dumps({"history": fit.history, "best_epoch": fit.best_epoch}))
+    atomic_write_text(directory / HISTORY_FILE, json.dumps({"history": fit.history, "best_epoch": fit.best_epoch, "steps": fit.steps}))
     if trainer.best_weights is not None:
         save_model_dir(directory / BEST_DIR, trainer.raw_model, payload["text_encoder"], model_cfg,
                        payload["meta"], state_dict=trainer.best_weights)
+
+
+class LiveBoard:
+    """TensorBoard scalars as the fold trains: ``train/loss`` per logged step, every epoch's metrics
+    (``epoch/<name>``), flushed at once so that they can be watched live; a no-op without a folder."""
+
+    def __init__(self, folder: Optional[str]):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=folder) if folder else None
+
+    def step(self, step: int, loss: float) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar("train/loss", loss, step)
+            self.writer.flush()
+
+    def epoch(self, metrics: dict) -> None:
+        if self.writer is not None:
+            for key, value in metrics.items():
+                if key != "epoch" and isinstance(value, (int, float)):
+                    self.writer.add_scalar(f"epoch/{key}", value, metrics["epoch"])
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
 
 
 def load_train_state(directory: str | Path) -> dict:
@@ -150,13 +177,19 @@ def _train_fold(config: dict) -> None:
     # reported with every epoch, so restarts and fold placement show in the run's Tune results.
     placement = {"start_epoch": trainer.fit_state.epoch, "node_id": ray.get_runtime_context().get_node_id()}
 
+    board = LiveBoard(config.get("tensorboard_dir") if rank == 0 else None)
+
     def on_epoch(trainer: Trainer, result) -> None:
         metrics = {**result.metrics, "stopped": int(result.stop), **placement}
         if rank != 0:
             ray.train.report(metrics)
             return
+        board.epoch(result.metrics)
         with tempfile.TemporaryDirectory(prefix="fold-ckpt-") as tmp:
             write_checkpoint(Path(tmp), trainer, payload, model_cfg)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    trainer.fit(on_epoch)
+    try:
+        trainer.fit(on_epoch, on_step=board.step)
+    finally:
+        board.close()

@@ -63,12 +63,17 @@ def _figure(width: float, height: float, panels: int = 1):
     return fig, fig.subplots(1, panels, squeeze=False)[0]
 
 
-def learning_curves_png(history: list[dict], fold: int) -> bytes:
-    """Two panels over epochs: train/val loss, and val macro-F1."""
+def learning_curves_png(history: list[dict], fold: int, steps: Sequence[Sequence[float]] = ()) -> bytes:
+    """Two panels over epochs: train/val loss, and val macro-F1. With the per-step train loss
+    (``steps``: [optimizer step, loss]) the train curve is drawn per step, so that a 1-epoch run has one."""
     fig, (loss_ax, f1_ax) = _figure(7.0, 3.0, panels=2)
     epochs = [h["epoch"] for h in history]
+    if steps:
+        per_epoch = steps[-1][0] / epochs[-1]  # every epoch takes the same number of optimizer steps
+        loss_ax.plot([s / per_epoch for s, _ in steps], [loss for _, loss in steps], color=CURVES[0][2], linewidth=1.2,
+                     label="train_loss (per step)")
     for key, panel, colour in CURVES:
-        if all(key in h for h in history):
+        if all(key in h for h in history) and not (steps and key == "train_loss"):
             ax = loss_ax if panel == "loss" else f1_ax
             ax.plot(epochs, [h[key] for h in history], marker="o", color=colour, label=key)
     for ax, title in ((loss_ax, f"fold {fold}: loss"), (f1_ax, f"fold {fold}: val macro-F1")):
@@ -101,8 +106,9 @@ def write_plots(run: RunDir, out: Path) -> dict[str, Path]:
     plots = {}
     for model_dir in run.fold_model_dirs():
         fold = int(model_dir.parent.name)
-        history = json.loads((model_dir.parent / "history.json").read_text())["history"]
-        plots[f"curves_fold_{fold}"] = _write(out / f"curves_fold_{fold}.png", learning_curves_png(history, fold))
+        recorded = json.loads((model_dir.parent / "history.json").read_text())
+        plots[f"curves_fold_{fold}"] = _write(out / f"curves_fold_{fold}.png",
+                                              learning_curves_png(recorded["history"], fold, recorded.get("steps", [])))
     confusion = run.test_dir / "confusion_matrix.png"
     if confusion.is_file():  # drawn by report.confusion_png when test/ was written
         plots["confusion_matrix"] = _write(out / "confusion_matrix.png", confusion.read_bytes())
@@ -133,10 +139,14 @@ def stage_cells(row: dict) -> list[str]:
     return ["—" if row[c] is None else formats.get(c, "{}").format(row[c]) for c in COLUMNS]
 
 
+def config_label(params: dict) -> str:
+    """A config's searched values, e.g. "train.lr=0.0003, model.dropout=0.1"; "(defaults)" when none."""
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()) or "(defaults)"
+
+
 def trial_cells(trial: dict) -> list[str]:
     """config, fold scores, mean ± std, time (s)."""
-    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in trial["params"].items())
-    return [params or "(defaults)", " ".join(f"{x:.4f}" for x in trial["fold_scores"]),
+    return [config_label(trial["params"]), " ".join(f"{x:.4f}" for x in trial["fold_scores"]),
             f"{trial['mean']:.4f} ± {trial['std']:.4f}", f"{trial['time_s']:.0f}"]
 
 
@@ -181,7 +191,7 @@ def overview_section(run: RunDir) -> str:
 
 
 def curves_section(run: RunDir, plots: dict[str, Path]) -> str:
-    figures = [_img(p, run.root, f"fold {k.rsplit('_', 1)[1]}: per-epoch train/val loss and val macro-F1")
+    figures = [_img(p, run.root, f"fold {k.rsplit('_', 1)[1]}: train loss per step, val loss and val macro-F1 per epoch")
                for k, p in plots.items() if k.startswith("curves_fold_")]
     return f'<h2>Learning curves</h2><div class="grid">{"".join(figures)}</div>' if figures else ""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -28,7 +29,7 @@ def print_summary(summary, console: Console) -> None:
             trials.add_row(*trial_cells(t))
         console.print(trials)
     if summary.oof_metrics:
-        console.print(f"out-of-fold: macro-F1 {summary.oof_metrics['macro_f1']:.4f}  accuracy {summary.oof_metrics['accuracy']:.4f}")
+        console.print(f"out-of-fold: macro-F1 {summary.oof_metrics['macro_f1']:.4f}  accuracy {summary.oof_metrics['accuracy']:.4f}", soft_wrap=True)
     selection = ensemble_rows(summary.ensemble)
     if selection:
         table = Table(title="ensemble selection on OOF predictions (Caruana) vs the best config")
@@ -40,21 +41,23 @@ def print_summary(summary, console: Console) -> None:
         console.print(table)
     m = summary.test_metrics
     if m:
-        console.print(f"test: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  micro-F1 {m['micro_f1']:.4f}  weighted-F1 {m['weighted_f1']:.4f}")
-    console.print(f"artifacts: {summary.run.root}/ (manifest.json, folds/*/model, test/ report with badcases.csv)")
+        console.print(f"test: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  micro-F1 {m['micro_f1']:.4f}  weighted-F1 {m['weighted_f1']:.4f}", soft_wrap=True)
+    console.print(f"artifacts: {summary.run.root}/ (manifest.json, folds/*/model, test/ report with badcases.csv)", soft_wrap=True)
     print_stage_table(summary.comparison, console)
-    console.print(f"report: {summary.report}")
+    console.print(f"report: {summary.report}", soft_wrap=True)
 
 
 def print_stage_table(rows: list[dict], console: Optional[Console] = None) -> None:
     """The stage comparison as a rich table."""
-    table = Table(title="stage comparison (evaluation split)")
+    table = Table(title="stage comparison (evaluation split)", box=box.SIMPLE_HEAD)
     cells = [stage_cells(row) for row in rows]
     for i, column in enumerate(COLUMNS):
         text = column in TEXT_COLUMNS
-        # a narrow terminal may wrap names, never cut a number short
-        width = None if text else max((len(c[i]) for c in cells), default=0)
-        table.add_column(STAGE_HEADERS[column], justify="left" if text else "right", min_width=width, overflow="fold")
+        # 80 columns may wrap a model's name between words, never a number or a header word
+        words = max(len(w) for w in STAGE_HEADERS[column].split())
+        width = max([words, *(len(c[i]) for c in cells)]) if column != "model" else words
+        table.add_column(STAGE_HEADERS[column], justify="left" if text else "right", min_width=width,
+                         overflow="fold", no_wrap=column != "model")
     for row in cells:
         table.add_row(*map(Text, row))  # Text: names are not rich markup
     (console or Console()).print(table)

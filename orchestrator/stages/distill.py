@@ -177,7 +177,7 @@ def train_cross(cfg: ExperimentConfig, run: RunDir, dataset: Dataset, teacher_lo
     payload = {"data": student_data(dataset, encoder, train_idx, val_idx), "text_encoder": encoder,
                "meta": model_meta(cfg, dataset), "hooks": [hook]}
     shutil.rmtree(run.ray_run(RAY_NAME), ignore_errors=True)  # Ray Train would resume an earlier student's run
-    trainer = build_torch_trainer(cfg, run, RAY_NAME, ray.put(payload))
+    trainer = build_torch_trainer(cfg, run, RAY_NAME, ray.put(payload), run.stage_dir("distill"))
     collect_fold(trainer.fit(), 0, run.stage_dir("distill"), started,
                  {**settings, "student": cfg.model.arch if cfg.model.kind == "small" else cfg.model.name}, label="distill student")
 

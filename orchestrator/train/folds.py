@@ -74,13 +74,15 @@ def model_meta(cfg: ExperimentConfig, dataset: Dataset) -> dict:
 # (docs/architecture.md, CV trial seconds). A poll that does not answer in time is only a missed health
 # check (a worker counts as dead after RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S, 10 min), so a short
 # interval stays safe on a loaded machine. The environment variable, where set, wins.
+TENSORBOARD_DIR = "tensorboard"
 HEALTH_CHECK_INTERVAL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 HEALTH_CHECK_INTERVAL_S = 0.25
 
 
-def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, name: str, payload_ref: Any, callbacks: Sequence = (),
-                        resume_from: Optional[str] = None):
-    """A TorchTrainer for one fold, stored as the Ray run ``name`` (``run.ray_run(name)``)."""
+def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, name: str, payload_ref: Any, folder: Path,
+                        callbacks: Sequence = (), resume_from: Optional[str] = None):
+    """A TorchTrainer for one fold, stored as the Ray run ``name`` (``run.ray_run(name)``); its worker
+    writes TensorBoard scalars live into ``folder``/tensorboard/, where collect_fold puts the rest."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -96,7 +98,7 @@ def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, name: str, payload_r
         train_fold_worker,
         train_loop_config={"payload": payload_ref, "train": cfg.train.model_dump(mode="json"),
                            "model": cfg.model.model_dump(mode="json"), "seed": cfg.seed, "resume_from": resume_from,
-                           "failure_note": str(note)},
+                           "failure_note": str(note), "tensorboard_dir": str((folder / TENSORBOARD_DIR).resolve())},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if gpu else {})}),
         run_config=RunConfig(
@@ -108,17 +110,21 @@ def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, name: str, payload_r
 
 
 def write_epoch_logs(folder: Path, history: list[dict], best: dict, hparams: dict) -> None:
-    """Per-epoch metrics as metrics.csv and TensorBoard event files (with the hyperparameters used)."""
+    """Per-epoch metrics as metrics.csv, and the hyperparameters used with the best epoch's scores in
+    TensorBoard. The per-epoch scalars are there already when the worker wrote them live (LiveBoard);
+    else (TextBrewer's loop, a worker on a node without shared storage) they are written here."""
     from torch.utils.tensorboard import SummaryWriter
 
     columns = sorted({k for h in history for k in h})
     lines = [",".join(columns)] + [",".join(str(h.get(c, "")) for c in columns) for h in history]
     atomic_write_text(folder / "metrics.csv", "\n".join(lines) + "\n")
-    with SummaryWriter(log_dir=str(folder / "tensorboard")) as writer:
-        for h in history:
+    board = folder / TENSORBOARD_DIR
+    live = any(board.glob("events.out.tfevents.*"))
+    with SummaryWriter(log_dir=str(board)) as writer:
+        for h in [] if live else history:
             for key, value in h.items():
                 if key != "epoch":
-                    writer.add_scalar(key, value, h["epoch"])
+                    writer.add_scalar(f"epoch/{key}", value, h["epoch"])
         flat = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
         writer.add_hparams(flat, {f"hparam/{k}": v for k, v in best.items() if k.startswith("val_")}, run_name=".")
 
@@ -136,7 +142,8 @@ def collect_fold(result: Any, fold: int, folder: Path, started: float, hparams: 
     target = folder / "model"
     folder.mkdir(parents=True, exist_ok=True)
     with result.checkpoint.as_directory() as ckpt:
-        history = json.loads((Path(ckpt) / HISTORY_FILE).read_text())["history"]
+        written = json.loads((Path(ckpt) / HISTORY_FILE).read_text())
+        history, steps = written["history"], written.get("steps", [])
         tmp = target.with_name(".model.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(Path(ckpt) / BEST_DIR, tmp)
@@ -144,15 +151,18 @@ def collect_fold(result: Any, fold: int, folder: Path, started: float, hparams: 
         tmp.rename(target)
         if (Path(ckpt) / VAL_LOGITS).exists():
             shutil.copyfile(Path(ckpt) / VAL_LOGITS, folder / VAL_LOGITS)
-    return record_fold(folder, fold, history, time.perf_counter() - started, hparams or {})
+    return record_fold(folder, fold, history, time.perf_counter() - started, hparams or {}, steps)
 
 
-def record_fold(folder: Path, fold: int, history: list[dict], elapsed: float, hparams: dict) -> FoldResult:
-    """metrics.csv, tensorboard/ and history.json (last: its presence marks the folder complete, and a
-    resumed Tune trial reuses it) of a fold whose model is in ``folder``/model."""
+def record_fold(folder: Path, fold: int, history: list[dict], elapsed: float, hparams: dict,
+                steps: Sequence[Sequence[float]] = ()) -> FoldResult:
+    """metrics.csv, tensorboard/ and history.json (with the per-step train loss, ``steps``; written
+    last: its presence marks the folder complete, and a resumed Tune trial reuses it) of a fold whose
+    model is in ``folder``/model."""
     best = best_row(history)
     write_epoch_logs(folder, history, best, hparams)
-    write_json(folder / "history.json", {"history": history, "best": best, "train_time_s": elapsed, "hparams": hparams})
+    write_json(folder / "history.json", {"history": history, "best": best, "train_time_s": elapsed, "hparams": hparams,
+                                         "steps": [list(s) for s in steps]})
     return FoldResult(fold, folder / "model", history, best, elapsed)
 
 

@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -145,8 +145,8 @@ def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> Non
     payload = {"data": data, "text_encoder": shared["encoder"], "meta": shared["meta"]}
     started = time.perf_counter()
     resume_from = shared["resume_from"][fold] if shared.get("resume_from") else None
-    trainer = build_torch_trainer(cfg, run, f"trial_{trial_id}", ray.put(payload), callbacks=[TuneReportCallback()],
-                                  resume_from=resume_from)
+    trainer = build_torch_trainer(cfg, run, f"trial_{trial_id}", ray.put(payload), run.trial_dir(trial_id),
+                                  callbacks=[TuneReportCallback()], resume_from=resume_from)
     hparams = {f"{section}.{k}": v for section in ("model", "train") for k, v in getattr(cfg, section).model_dump(mode="json").items()}
     fitted = trainer.fit()
     if failure(fitted) is not None:  # the same error on every retry: the trial ends, select_best says why
@@ -165,8 +165,10 @@ class TuneOutcome:
     folds: list[FoldResult]     # the best config's fold results, linked as folds/<k>/
 
 
-def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = False, log=print) -> TuneOutcome:
-    """Run K folds x configs under Ray Tune; link the best config's fold folders as folds/<k>/."""
+def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = False, log=print,
+               callbacks: Sequence = ()) -> TuneOutcome:
+    """Run K folds x configs under Ray Tune (``callbacks``: Tune callbacks watching it); link the best
+    config's fold folders as folds/<k>/."""
     from ray import tune
 
     release_dead_drivers(run, log)
@@ -195,7 +197,7 @@ def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = 
                 reuse_actors=True,
             ),
             run_config=RunConfig(name=TUNE_NAME, storage_path=str(run.ray_storage), failure_config=FailureConfig(max_failures=1),
-                                 verbose=1),
+                                 verbose=1, callbacks=list(callbacks)),
         )
     grid = tuner.fit()
     return select_best(cfg, run, grid)
