@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from trainables.config import ModelConfig, Section, TrainConfig
 
@@ -150,6 +150,22 @@ class ServeConfig(Section):
                               f"--token, set ${TOKEN_ENV} or serve.token_file, or --insecure to serve it open")
 
 
+class TrackingConfig(Section):
+    mlflow: bool = Field(False, description="Track the run in MLflow: one parent run per experiment, one child run per trial (config × fold), the test metrics and report.html (the 'mlflow' extra).")
+    uri: Optional[str] = Field(None, description="MLflow tracking URI (a server, sqlite:///file.db, ...); default a local SQLite store in the run directory, mlruns/mlflow.db. Credentials come from MLflow's own environment variables, never from here.")
+    experiment: Optional[str] = Field(None, description="MLflow experiment name (default: the run's name).")
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, uri: Optional[str]) -> Optional[str]:
+        from urllib.parse import urlparse
+
+        if uri and (urlparse(uri).password or urlparse(uri).username):
+            raise ValueError("tracking.uri: the URI holds credentials, which would be written into the run's manifest; "
+                             "set MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or _TOKEN) instead")
+        return uri
+
+
 class ExperimentConfig(Section):
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name: artifacts go to <runs_dir>/<name>.")
     seed: int = Field(42, description="Seed of splits, initialisation and sampling.")
@@ -163,6 +179,7 @@ class ExperimentConfig(Section):
     prune: PruneConfig = Field(default_factory=PruneConfig, description="TextPruner pruning of the final HF model.")
     export: ExportConfig = Field(default_factory=ExportConfig, description="ONNX export.")
     serve: ServeConfig = Field(default_factory=ServeConfig, description="Ray Serve deployment.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="Experiment tracking (MLflow).")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "ExperimentConfig":

@@ -11,7 +11,7 @@ EXTRAS = {
     "serve": ("fastapi", "starlette", "uvicorn"),
     "compress": ("textbrewer", "textpruner", "onnx", "onnxruntime"),
     "zh": ("jieba",),
-    "mlflow": ("mlflow",),
+    "mlflow": ("mlflow", "sqlalchemy", "alembic"),  # the last two: MLflow's SQLite store
 }
 
 

@@ -26,6 +26,7 @@ from orchestrator.validate import validate
 
 if TYPE_CHECKING:
     from orchestrator.report.live import RunView
+    from orchestrator.report.tracking import Tracker
 
 
 @dataclass
@@ -62,6 +63,23 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool 
     run = RunDir.create(cfg, resume=resume, overwrite=overwrite)
     if watch is not None:
         watch.attach(run)
+    from orchestrator.report.tracking import tracked
+
+    with tracked(cfg, run) as tracker:
+        summary = _train_and_report(cfg, run, dataset, resume, checkpoints, log, watch, tracker)
+    if on_done:
+        on_done(summary)
+    if cfg.serve.enabled:
+        from orchestrator.serve.deployment import serve_until_interrupted
+
+        serve_until_interrupted(run, cfg.serve.with_token(), onnx=False, log=log)
+    return summary
+
+
+def _train_and_report(cfg: ExperimentConfig, run: RunDir, dataset, resume: bool, checkpoints, log,
+                      watch: Optional[RunView], tracker: Optional[Tracker]) -> RunSummary:
+    """Data splits saved, folds trained (or reused), evaluation, the post-training stages, the report;
+    ``tracker`` (MLflow, or None) hears the trials and the results."""
     run.update("data", "done", classes=dataset.classes, multilabel=dataset.multilabel,
                sizes={"train": len(dataset.train.texts), "val": len(dataset.val.texts),
                       "test": len(dataset.test.texts) if dataset.test else 0})
@@ -82,6 +100,7 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool 
             f"{cfg.model.kind}:{cfg.model.arch if cfg.model.kind == 'small' else cfg.model.name} on {len(shared['ids'])} texts")
         run.update("train", "running", key=key)
         with watch.training(cfg) if watch is not None else contextlib.nullcontext([]) as callbacks:
+            callbacks = [*callbacks, *(tracker.tune_callbacks() if tracker else [])]
             outcome = tune_folds(cfg, run, shared, resume=resume, log=log, callbacks=callbacks)
         results, trials = outcome.folds, outcome.trials
         metric = cfg.train.metric
@@ -98,10 +117,6 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool 
     rows = stage_comparison(run, log=log)
     summary = RunSummary(run, results, evaluation["test"], evaluation["oof"], trials, stage_results, rows,
                          write_html_report(run, rows), evaluation.get("ensemble", {}))
-    if on_done:
-        on_done(summary)
-    if cfg.serve.enabled:
-        from orchestrator.serve.deployment import serve_until_interrupted
-
-        serve_until_interrupted(run, cfg.serve.with_token(), onnx=False, log=log)
+    if tracker is not None:
+        tracker.finish(summary.test_metrics, summary.oof_metrics, summary.report)
     return summary

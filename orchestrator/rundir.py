@@ -82,6 +82,11 @@ class RunDir:
         return self.root / "trials.json"
 
     @property
+    def mlflow_dir(self) -> Path:
+        """mlruns/: the default MLflow store (mlflow.db) and its artifacts (tracking.mlflow)."""
+        return self.root / "mlruns"
+
+    @property
     def engine_log(self) -> Path:
         """logs/driver.log: everything Ray, Tune, Train, transformers and warnings printed in the
         driver, worker output included (Ray forwards it there)."""

@@ -57,6 +57,9 @@ def check_extras(cfg: ExperimentConfig) -> None:
         require("compress", "export.onnx (ONNX and ONNX Runtime)", ("onnx", "onnxruntime"))
     if cfg.serve.enabled:
         require("serve", "serve.enabled (Ray Serve over HTTP)")
+    if cfg.tracking.mlflow:
+        local = cfg.tracking.uri is None or cfg.tracking.uri.startswith("sqlite:")
+        require("mlflow", "tracking.mlflow (MLflow)", ("mlflow", "sqlalchemy", "alembic") if local else ("mlflow",))
 
 
 def check_word_tokens(cfg: ExperimentConfig, dataset: Dataset) -> None:

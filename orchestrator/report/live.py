@@ -116,7 +116,9 @@ class RunView:
         self.epochs, self.total_configs = cfg.train.epochs, config_count(cfg.tune)
         self.started, _WATCHING = time.monotonic(), self
         if self.mode == "live":
-            self._live = Live(self.render(), console=self.console, refresh_per_second=2, transient=False)
+            # redirect_*=False: what the engine prints through sys.stdout stays in the engine log
+            self._live = Live(self.render(), console=self.console, refresh_per_second=2, transient=False,
+                              redirect_stdout=False, redirect_stderr=False)
             self._live.start()
         try:
             yield [TuneEvents()]
@@ -136,9 +138,8 @@ class RunView:
         row, fold = self.rows[key], int(config.get(TRIAL_INDEX, 0))
         cell = row.folds[fold]
         name = f"config {number} fold {fold}"
-        if kind == "start":
+        if kind == "start":  # shown in the grid; a plain line says the config once its first fold ends
             cell.status = "running"
-            self._event(f"{name}: started ({row.label})")
         elif kind == "error":
             cell.status = "failed"
             self._event(f"{name}: failed (see the engine log)")
@@ -147,7 +148,8 @@ class RunView:
             cell.status, cell.score = ("failed", None) if failed or math.isnan(float(result.get(self.metric, math.nan))) else ("done", float(result[self.metric]))
             if cell.status == "done":
                 best = self.best()
-                self._event(f"{name}: done, best epoch {result.get('best_epoch')} {self.metric} {cell.score:.4f}; "
+                self._event(f"{name}: done, best epoch {result.get('best_epoch')} {self.metric} {cell.score:.4f}"
+                            + (f" ({row.label})" if len(row.done_scores()) == 1 else "") + "; "
                             f"config {number} mean {row.mean():.4f} over {len(row.done_scores())}/{self.folds} folds"
                             + (f"; best so far: config {best[0]} ({best[1]:.4f})" if best else "") + f"; {self._eta()}")
             else:
@@ -155,7 +157,8 @@ class RunView:
         elif "epoch" in result:
             cell.status, cell.epoch, cell.score = "running", int(result["epoch"]), result.get(self.metric)
             score = f" {self.metric} {cell.score:.4f}" if isinstance(cell.score, (int, float)) else ""
-            self._event(f"{name}: epoch {cell.epoch}/{cell.epochs}{score}; {self._eta()}")
+            if cell.epoch < cell.epochs:  # the last epoch's line would repeat the "done" line that follows
+                self._event(f"{name}: epoch {cell.epoch}/{cell.epochs}{score}; {self._eta()}")
         if self._live is not None:
             self._live.update(self.render())
 
@@ -186,7 +189,9 @@ class RunView:
         for i, row in enumerate(self.rows.values()):
             mean = row.mean()
             cells = [self._cell(c) for c in row.folds]
-            mark = f"{mean:.4f}" + (" ★" if best and best[0] == i + 1 else "") if mean is not None else "-"
+            done = len(row.done_scores())
+            mark = "-" if mean is None else (f"{mean:.4f}" + (f" ({done}/{self.folds})" if done < self.folds else "")
+                                             + (" ★" if best and best[0] == i + 1 else ""))
             table.add_row(str(i + 1), Text(row.label), *cells, mark)
         footer = f"{self._eta()}" + (f"   best: config {best[0]} ({best[1]:.4f})" if best else "")
         return Group(table, Text(footer))
