@@ -67,6 +67,12 @@ class CVConfig(Section):
     selection_rounds: int = Field(25, ge=1, description="selection: rounds of greedy selection with replacement (weights are multiples of 1/rounds).")
 
 
+class RacingConfig(Section):
+    enabled: bool = Field(False, description="Race configs fold by fold: a config significantly worse than the leader on the same folds stops taking fold slots (orchestrator/train/racing.py). For searches of more than a handful of configs.")
+    min_folds: int = Field(2, ge=2, description="Folds a config and the leader must share before it can be raced out.")
+    confidence: float = Field(0.95, gt=0.5, lt=1.0, description="One-sided confidence of the paired t bound that races a config out.")
+
+
 class TuneConfig(Section):
     samples: int = Field(1, ge=1, description="Configurations tried (each trained on every fold).")
     search: dict[str, str] = Field(default_factory=dict, description="key path -> distribution, e.g. train.lr: loguniform(1e-5, 1e-4).")
@@ -75,6 +81,7 @@ class TuneConfig(Section):
     metric: Literal["val_macro_f1", "val_micro_f1", "val_weighted_f1", "val_accuracy", "val_loss"] = Field("val_macro_f1", description="Validation metric (at each fold's best epoch) the search optimises on the cross-fold mean.")
     mode: Literal["max", "min"] = Field("max", description="Maximise or minimise the metric.")
     max_concurrent: Optional[int] = Field(None, ge=1, description="Trials at once (default: cv.parallel).")
+    racing: RacingConfig = Field(default_factory=RacingConfig, description="Cross-validated racing of configs (off by default).")
 
 
 class DistillConfig(Section):

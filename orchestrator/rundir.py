@@ -82,6 +82,11 @@ class RunDir:
         return self.root / "trials.json"
 
     @property
+    def racing_json(self) -> Path:
+        """racing.json: each config's fold scores and status in a racing search (tune.racing)."""
+        return self.root / "racing.json"
+
+    @property
     def mlflow_dir(self) -> Path:
         """mlruns/: the default MLflow store (mlflow.db) and its artifacts (tracking.mlflow)."""
         return self.root / "mlruns"

@@ -30,6 +30,7 @@ def validate(cfg: ExperimentConfig) -> Dataset:
     check_classes(dataset, cfg.data.train or cfg.data.source)
     fold_plan(dataset, cfg.cv.folds, cfg.seed)  # K stratified folds need K rows of every class
     search_space(cfg.tune, cfg)
+    check_racing(cfg)
     build_scheduler(cfg)
     for key, model in _models(cfg):
         check_model_name(model, key)
@@ -45,6 +46,17 @@ def validate(cfg: ExperimentConfig) -> Dataset:
 def _models(cfg: ExperimentConfig) -> list[tuple[str, ModelConfig]]:
     """(key, model) of every model the experiment trains: the model and, when distilling, the student."""
     return [("model", cfg.model), *((("distill.student", cfg.distill.student),) if cfg.distill.enabled else ())]
+
+
+def check_racing(cfg: ExperimentConfig) -> None:
+    """Racing needs configs to race and folds left after ``min_folds``."""
+    racing = cfg.tune.racing
+    if not racing.enabled:
+        return
+    if not cfg.tune.search:
+        raise ConfigError("tune.racing.enabled: racing compares configs; give tune.search a space to search")
+    if cfg.cv.folds <= racing.min_folds:
+        raise ConfigError(f"tune.racing.min_folds: {racing.min_folds} needs cv.folds > {racing.min_folds} (cv.folds is {cfg.cv.folds})")
 
 
 def check_extras(cfg: ExperimentConfig) -> None:

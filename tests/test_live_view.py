@@ -54,7 +54,7 @@ def test_plain_lines_one_per_event_never_wrapped():
     done = [line for line in lines if ": done" in line]
     assert "config 1 fold 0: done, best epoch 2 val_macro_f1 0.7000 (train.lr=0.001)" in done[0]
     assert "config 2 mean 0.8500 over 2/2 folds; best so far: config 2 (0.8500)" in done[2]
-    assert any("config 1 fold 1: failed" in line for line in lines)
+    assert any(line.endswith("config 1 fold 1: failed: ValueError: boom") for line in lines)
     assert any(len(line) > 80 for line in done)  # long lines stay whole (soft wrap)
 
 

@@ -103,7 +103,7 @@ def choose_ensemble(cfg: ExperimentConfig, run: RunDir, shared: dict, multilabel
                for rank in np.flatnonzero(weights) for fold, trial_id in enumerate(rows[rank]["trial_ids"])]
     write_json(run.ensemble_json, {"kind": kind, "config_weights": weights.tolist(), "members": members})
     choice = {"kind": kind, "config_weights": [{"params": r["params"], "weight": float(w)} for r, w in zip(rows, weights) if w > 0],
-              "members": len(members)}
+              "members": len(members), "eligible_configs": len(rows)}  # only configs with all K folds have full OOF predictions
     if kind == "selection":
         best_oof = compute_metrics(labels, probabilities(oofs[0][0], multilabel), multilabel, threshold)
         choice.update(rounds=cfg.cv.selection_rounds, oof_score_by_round=history,

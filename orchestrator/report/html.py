@@ -147,7 +147,8 @@ def config_label(params: dict) -> str:
 def trial_cells(trial: dict) -> list[str]:
     """config, fold scores, mean ± std, time (s)."""
     return [config_label(trial["params"]), " ".join(f"{x:.4f}" for x in trial["fold_scores"]),
-            f"{trial['mean']:.4f} ± {trial['std']:.4f}", f"{trial['time_s']:.0f}"]
+            f"{trial['mean']:.4f} ± {trial['std']:.4f}" + (f" ({trial['raced_out']})" if trial.get("raced_out") else ""),
+            f"{trial['time_s']:.0f}"]
 
 
 # ---- HTML ----

@@ -130,37 +130,37 @@ class RunView:
                 self._live = None
 
     def trial_event(self, config: dict, kind: str, result: dict) -> None:
+        """A trial (one fold of one config) started ("start"), reported ("result": an epoch, or its
+        end with ``done``) or crashed ("error")."""
         params = {k: v for k, v in config.items() if k != TRIAL_INDEX}
         key = json.dumps(params, sort_keys=True, default=str)
         if key not in self.rows:
             self.rows[key] = ConfigRow(config_label(params), [FoldCell(epochs=self._epochs(params)) for _ in range(self.folds)])
-        number = list(self.rows).index(key) + 1
         row, fold = self.rows[key], int(config.get(TRIAL_INDEX, 0))
-        cell = row.folds[fold]
-        name = f"config {number} fold {fold}"
-        if kind == "start":  # shown in the grid; a plain line says the config once its first fold ends
+        cell, name = row.folds[fold], f"config {list(self.rows).index(key) + 1} fold {fold}"
+        score = result.get(self.metric)
+        score = float(score) if isinstance(score, (int, float)) and not math.isnan(score) else None
+        if kind == "start":  # the grid shows it; a plain line names the config once its first fold ends
             cell.status = "running"
-        elif kind == "error":
+        elif kind == "error" or (result.get("done") and score is None):
             cell.status = "failed"
-            self._event(f"{name}: failed (see the engine log)")
+            self._event(f"{name}: failed: {result.get(FAILED, 'see the engine log')}")
         elif result.get("done"):
-            failed = FAILED in result
-            cell.status, cell.score = ("failed", None) if failed or math.isnan(float(result.get(self.metric, math.nan))) else ("done", float(result[self.metric]))
-            if cell.status == "done":
-                best = self.best()
-                self._event(f"{name}: done, best epoch {result.get('best_epoch')} {self.metric} {cell.score:.4f}"
-                            + (f" ({row.label})" if len(row.done_scores()) == 1 else "") + "; "
-                            f"config {number} mean {row.mean():.4f} over {len(row.done_scores())}/{self.folds} folds"
-                            + (f"; best so far: config {best[0]} ({best[1]:.4f})" if best else "") + f"; {self._eta()}")
-            else:
-                self._event(f"{name}: failed (see the engine log)")
+            cell.status, cell.score = "done", score
+            self._event(self._done_line(name, row, result.get("best_epoch"), score))
         elif "epoch" in result:
-            cell.status, cell.epoch, cell.score = "running", int(result["epoch"]), result.get(self.metric)
-            score = f" {self.metric} {cell.score:.4f}" if isinstance(cell.score, (int, float)) else ""
+            cell.status, cell.epoch, cell.score = "running", int(result["epoch"]), score
             if cell.epoch < cell.epochs:  # the last epoch's line would repeat the "done" line that follows
-                self._event(f"{name}: epoch {cell.epoch}/{cell.epochs}{score}; {self._eta()}")
+                shown = f" {self.metric} {score:.4f}" if score is not None else ""
+                self._event(f"{name}: epoch {cell.epoch}/{cell.epochs}{shown}; {self._eta()}")
         if self._live is not None:
             self._live.update(self.render())
+
+    def _done_line(self, name: str, row: ConfigRow, best_epoch, score: float) -> str:
+        done, best = len(row.done_scores()), self.best()
+        return (f"{name}: done, best epoch {best_epoch} {self.metric} {score:.4f}" + (f" ({row.label})" if done == 1 else "")
+                + f"; config {name.split()[1]} mean {row.mean():.4f} over {done}/{self.folds} folds"
+                + (f"; best so far: config {best[0]} ({best[1]:.4f})" if best else "") + f"; {self._eta()}")
 
     def _epochs(self, params: dict) -> int:
         return int(params.get("train.epochs", self.epochs))

@@ -9,20 +9,20 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.report.compare import COLUMNS, ensemble_rows
-from orchestrator.report.html import STAGE_HEADERS, TEXT_COLUMNS, stage_cells, trial_cells
+from orchestrator.report.compare import ensemble_rows
+from orchestrator.report.html import trial_cells
 
 
 def print_summary(summary, console: Console) -> None:
     """One screen: folds, the trials table (when searching), OOF and test metrics, where artifacts are."""
-    folds = Table(title="folds of the chosen config", show_lines=False)
+    folds = Table(title="folds of the chosen config", box=box.SIMPLE_HEAD)
     for col in ("fold", "best epoch", "val macro-F1", "val accuracy", "train time (s)"):
         folds.add_column(col, justify="right")
     for r in summary.folds:
         folds.add_row(str(r.fold), str(r.best["epoch"]), f"{r.best['val_macro_f1']:.4f}", f"{r.best['val_accuracy']:.4f}", f"{r.train_time_s:.0f}")
     console.print(folds)
     if len(summary.trials) > 1:
-        trials = Table(title="trials (configs ranked by cross-fold mean)")
+        trials = Table(title="trials (configs ranked by cross-fold mean)", box=box.SIMPLE_HEAD)
         for col in ("config", "fold scores", "mean ± std", "time (s)"):
             trials.add_column(col)
         for t in summary.trials[:10]:
@@ -32,7 +32,9 @@ def print_summary(summary, console: Console) -> None:
         console.print(f"out-of-fold: macro-F1 {summary.oof_metrics['macro_f1']:.4f}  accuracy {summary.oof_metrics['accuracy']:.4f}", soft_wrap=True)
     selection = ensemble_rows(summary.ensemble)
     if selection:
-        table = Table(title="ensemble selection on OOF predictions (Caruana) vs the best config")
+        eligible = summary.ensemble.get("eligible_configs")
+        table = Table(title="ensemble selection on OOF predictions (Caruana) vs the best config"
+                            + (f" ({eligible} configs with all folds eligible)" if eligible else ""), box=box.SIMPLE_HEAD)
         for col in ("ensemble", "OOF macro-F1", "test macro-F1", "configs"):
             table.add_column(col)
         for row in selection:
@@ -47,17 +49,27 @@ def print_summary(summary, console: Console) -> None:
     console.print(f"report: {summary.report}", soft_wrap=True)
 
 
+def _compact(row: dict) -> list[str]:
+    """A stage-comparison row for 80 columns: backend and device in one cell, parameters in millions."""
+    def number(key: str, fmt: str) -> str:
+        return "—" if row[key] is None else fmt.format(row[key])
+
+    params = "—" if row["parameters"] is None else (f"{row['parameters'] / 1e6:.1f}M" if row["parameters"] >= 1e5 else f"{row['parameters']:,}")
+    return [row["model"], f"{row['backend']} {row['device']}", number("macro_f1", "{:.4f}"), number("accuracy", "{:.4f}"),
+            number("size_mb", "{:.1f}"), params, number("texts_per_s", "{:,.0f}")]
+
+
+COMPACT_HEADERS = ("model", "backend", "macro-F1", "accuracy", "MB", "params", "texts/s")
+
+
 def print_stage_table(rows: list[dict], console: Optional[Console] = None) -> None:
-    """The stage comparison as a rich table."""
-    table = Table(title="stage comparison (evaluation split)", box=box.SIMPLE_HEAD)
-    cells = [stage_cells(row) for row in rows]
-    for i, column in enumerate(COLUMNS):
-        text = column in TEXT_COLUMNS
-        # 80 columns may wrap a model's name between words, never a number or a header word
-        words = max(len(w) for w in STAGE_HEADERS[column].split())
-        width = max([words, *(len(c[i]) for c in cells)]) if column != "model" else words
-        table.add_column(STAGE_HEADERS[column], justify="left" if text else "right", min_width=width,
-                         overflow="fold", no_wrap=column != "model")
+    """The stage comparison as a rich table that reads at 80 columns (report.html has every digit)."""
+    table = Table(title="stage comparison (evaluation split)", box=box.SIMPLE_HEAD, pad_edge=False)
+    cells = [_compact(row) for row in rows]
+    for i, header in enumerate(COMPACT_HEADERS):
+        # names wrap between words; numbers and header words never break
+        width = max([len(header), *(len(c[i]) for c in cells)]) if i else len(header)
+        table.add_column(header, justify="left" if i < 2 else "right", min_width=width, no_wrap=i > 0, overflow="fold")
     for row in cells:
         table.add_row(*map(Text, row))  # Text: names are not rich markup
     (console or Console()).print(table)

@@ -18,7 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -88,8 +88,9 @@ def config_count(tune_cfg: TuneConfig) -> int:
     return grid_size(tune_cfg) if tune_cfg.searcher == "grid" else tune_cfg.samples
 
 
-def build_search(cfg: ExperimentConfig):
-    """(search_alg, param_space, num_samples) for K folds of each of ``config_count`` configs."""
+def build_search(cfg: ExperimentConfig, racing_state: Optional[Path] = None):
+    """(search_alg, param_space, num_samples) for K folds of each of ``config_count`` configs; with
+    ``tune.racing`` the configs race (their state in ``racing_state``), else every one runs all K folds."""
     from ray import tune
     from ray.tune.search import Repeater
 
@@ -108,6 +109,12 @@ def build_search(cfg: ExperimentConfig):
     else:
         sampler = optuna.samplers.TPESampler(seed=cfg.seed)
     searcher = OptunaSearch(space=space, metric=tcfg.metric, mode=tcfg.mode, sampler=sampler)
+    if tcfg.racing.enabled:
+        from orchestrator.train.racing import RacingSearcher
+
+        race = RacingSearcher(searcher, folds, config_count(tcfg), tcfg.racing.min_folds, tcfg.racing.confidence,
+                              TRIAL_INDEX, str(racing_state))
+        return race, {}, config_count(tcfg) * folds  # an upper bound: the race says when it is finished
     return Repeater(searcher, repeat=folds, set_index=True), {}, config_count(tcfg) * folds
 
 
@@ -172,7 +179,7 @@ def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = 
     from ray import tune
 
     release_dead_drivers(run, log)
-    search_alg, param_space, num_samples = build_search(cfg)
+    search_alg, param_space, num_samples = build_search(cfg, run.racing_json)
     trainable = tune.with_resources(
         tune.with_parameters(fold_trial, base_cfg=cfg.model_dump(mode="json"), run_root=str(run.root.resolve()),
                              shared=shared),  # with_parameters puts it in the object store once
@@ -228,6 +235,11 @@ def select_best(cfg: ExperimentConfig, run: RunDir, grid) -> TuneOutcome:
                      "std": float(np.std(scores)), "folds_done": len(scores), "time_s": group["time_s"],
                      "trial_ids": [group["folds"][f]["trial_id"] for f in sorted(group["folds"])]})
     rows = [r for r in rows if json.dumps(r["params"], sort_keys=True, default=str) not in failed]
+    raced = raced_out_configs(run)
+    for row in rows:
+        after = raced.get(json.dumps(row["params"], sort_keys=True, default=str))
+        if after is not None:  # folds already in flight then still finished: folds_done may be larger
+            row["raced_out"] = f"raced out after {after} folds"
     complete = [r for r in rows if r["folds_done"] == k]
     if not complete:
         if failed:
@@ -237,9 +249,24 @@ def select_best(cfg: ExperimentConfig, run: RunDir, grid) -> TuneOutcome:
     rows.sort(key=lambda r: (r["folds_done"] == k, sign * r["mean"]), reverse=True)
     best = rows[0]
     write_json(run.trials_json, {"metric": metric, "mode": cfg.tune.mode, "folds": k, "trials": rows,
+                                 **({"racing": {"raced_out": sum("raced_out" in r for r in rows),
+                                                "fold_trainings": sum(r["folds_done"] for r in rows),
+                                                "fold_trainings_saved": sum(k - r["folds_done"] for r in rows)}}
+                                    if cfg.tune.racing.enabled else {}),
                                  "failed": list(failed.values()), "best_config": best["params"]})
     folds = [adopt_trial_model(run, fold, trial_id) for fold, trial_id in enumerate(best["trial_ids"])]
     return TuneOutcome(best["params"], rows, folds)
+
+
+def raced_out_configs(run: RunDir) -> dict[str, int]:
+    """The configs racing took out (as sorted-key JSON of their params) -> the folds each had finished
+    then, from racing.json."""
+    from orchestrator.train.racing import RACED_OUT
+
+    if not run.racing_json.is_file():
+        return {}
+    state = json.loads(run.racing_json.read_text())
+    return {json.dumps(c["params"], sort_keys=True, default=str): c["raced_after"] for c in state["configs"] if c["status"] == RACED_OUT}
 
 
 def adopt_trial_model(run: RunDir, fold: int, trial_id: str) -> FoldResult:

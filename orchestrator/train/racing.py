@@ -1,0 +1,165 @@
+"""Racing configs fold by fold (``tune.racing``): cross-validated search at a fraction of K× the cost.
+
+``RacingSearcher`` wraps the run's searcher (random, TPE, grid) in place of Ray Tune's ``Repeater``.
+It hands out (config, fold) trials breadth first: fold 0 of each new config, then fold 1 of the
+survivors, and so on. Once a config and the leader (the best mean over at least ``min_folds`` folds)
+share ``min_folds`` finished folds, the config is raced out when it is significantly worse on those
+same folds: the one-sided lower bound (Student t, ``confidence``) of the mean paired difference
+leader − config is above zero (``raced_out``). A raced-out config takes no more fold slots; the folds
+it finished stay in trials.json, marked. The wrapped searcher hears each config once: its K-fold
+mean, or a raced-out config's partial mean (worse by construction), so it keeps suggesting.
+
+The race's state is written to racing.json (read by ``select_best``) and saved with Tune's
+experiment checkpoints, so a resumed driver continues the race where it was.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import pickle
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+from ray.tune.search import Searcher
+
+from trainables.atomic import atomic_write_text
+
+RACED_OUT = "raced out"
+
+
+def paired_lower_bound(leader: Sequence[float], other: Sequence[float], confidence: float) -> float:
+    """One-sided lower confidence bound of mean(leader − other) over paired folds (Student t)."""
+    from scipy.stats import t
+
+    diffs = np.asarray(leader, dtype=float) - np.asarray(other, dtype=float)
+    if len(diffs) < 2:
+        return -math.inf
+    spread = diffs.std(ddof=1) / math.sqrt(len(diffs))
+    return float(diffs.mean() - t.ppf(confidence, len(diffs) - 1) * spread)
+
+
+def raced_out(leader: dict[int, float], other: dict[int, float], min_folds: int, confidence: float, mode: str = "max") -> bool:
+    """Whether ``other`` is significantly worse than ``leader`` on the folds both finished (at least
+    ``min_folds`` of them, and at least 2)."""
+    shared = sorted(set(leader) & set(other))
+    if len(shared) < max(min_folds, 2):
+        return False
+    sign = 1.0 if mode == "max" else -1.0
+    return paired_lower_bound([sign * leader[f] for f in shared], [sign * other[f] for f in shared], confidence) > 0
+
+
+@dataclass
+class Entry:
+    """One config of the race."""
+
+    key: str                                   # the wrapped searcher's trial id for it
+    config: dict
+    scores: dict[int, float] = field(default_factory=dict)
+    scheduled: set[int] = field(default_factory=set)
+    status: str = "racing"                     # racing, complete, raced out, failed
+    raced_after: Optional[int] = None          # folds it had finished when it was raced out
+
+    def mean(self) -> float:
+        return float(np.mean(list(self.scores.values()))) if self.scores else math.nan
+
+
+class RacingSearcher(Searcher):
+    """Suggests (config, fold) trials of ``searcher``'s configs, breadth first, racing them."""
+
+    def __init__(self, searcher: Searcher, folds: int, configs: int, min_folds: int, confidence: float,
+                 fold_key: str, state_file: str):
+        super().__init__(metric=searcher.metric, mode=searcher.mode)
+        self.searcher, self.folds, self.configs = searcher, folds, configs
+        self.min_folds, self.confidence, self.fold_key, self.state_file = min_folds, confidence, fold_key, state_file
+        self.entries: list[Entry] = []
+        self.trials: dict[str, tuple[int, int]] = {}  # Tune trial id -> (entry, fold)
+        self.exhausted = False                         # the wrapped searcher has no more configs
+
+    # ---- Tune's side ----
+    def suggest(self, trial_id: str):
+        waiting = sorted((min(set(range(self.folds)) - e.scheduled), i) for i, e in enumerate(self.entries)
+                         if e.status == "racing" and len(e.scheduled) < self.folds)
+        if not self.exhausted and len(self.entries) < self.configs and (not waiting or waiting[0][0] > 0):
+            config = self.searcher.suggest(f"config_{len(self.entries)}")
+            if config == Searcher.FINISHED:
+                self.exhausted = True
+            elif config is not None:
+                self.entries.append(Entry(f"config_{len(self.entries)}", dict(config)))
+                return self._schedule(trial_id, len(self.entries) - 1, 0)
+        if waiting:
+            fold, index = waiting[0]
+            return self._schedule(trial_id, index, fold)
+        if (self.exhausted or len(self.entries) >= self.configs) and not self.trials:
+            return Searcher.FINISHED
+        return None
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        if trial_id not in self.trials:
+            return
+        index, fold = self.trials.pop(trial_id)
+        entry = self.entries[index]
+        score = (result or {}).get(self.metric)
+        if error or score is None or math.isnan(float(score)):
+            if entry.status == "racing":
+                entry.status = "failed"
+                self.searcher.on_trial_complete(entry.key, error=True)
+        else:
+            entry.scores[fold] = float(score)
+            if entry.status == "racing" and len(entry.scores) == self.folds:
+                entry.status = "complete"
+                self.searcher.on_trial_complete(entry.key, {self.metric: entry.mean()})
+        self._race()
+        self._write()
+
+    # ---- the race ----
+    def _schedule(self, trial_id: str, index: int, fold: int) -> dict:
+        self.entries[index].scheduled.add(fold)
+        self.trials[trial_id] = (index, fold)
+        self._write()
+        return {**self.entries[index].config, self.fold_key: fold}
+
+    def leader(self) -> Optional[Entry]:
+        """The config with the best mean over at least ``min_folds`` finished folds."""
+        sign = 1.0 if self.mode == "max" else -1.0
+        ranked = [e for e in self.entries if e.status in ("racing", "complete") and len(e.scores) >= self.min_folds]
+        return max(ranked, key=lambda e: sign * e.mean()) if ranked else None
+
+    def _race(self) -> None:
+        leader = self.leader()
+        if leader is None:
+            return
+        for entry in self.entries:
+            if entry is not leader and entry.status == "racing" and raced_out(leader.scores, entry.scores, self.min_folds,
+                                                                               self.confidence, self.mode):
+                entry.status, entry.raced_after = RACED_OUT, len(entry.scores)
+                self.searcher.on_trial_complete(entry.key, {self.metric: entry.mean(), "raced_out": 1})
+
+    def state(self) -> dict:
+        return {"min_folds": self.min_folds, "confidence": self.confidence, "folds": self.folds,
+                "configs": [{"params": e.config, "status": e.status, "raced_after": e.raced_after,
+                             "scores": {str(f): s for f, s in sorted(e.scores.items())}} for e in self.entries]}
+
+    def _write(self) -> None:
+        atomic_write_text(self.state_file, json.dumps(self.state(), indent=2, default=str) + "\n")
+
+    # ---- checkpoints (a resumed driver continues the race) ----
+    def get_state(self) -> dict:
+        return copy.deepcopy({k: v for k, v in self.__dict__.items() if k != "searcher"})
+
+    def set_state(self, state: dict) -> None:
+        self.__dict__.update(state)
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+        self.searcher.save(checkpoint_path + ".inner")
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+        self.searcher.restore(checkpoint_path + ".inner")
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return self.searcher.set_search_properties(metric, mode, config, **spec)

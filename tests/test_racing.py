@@ -1,0 +1,119 @@
+"""Racing configs fold by fold: the elimination rule on synthetic fold scores, the searcher's
+breadth-first schedule, and a race through real Ray Tune."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from ray.tune.search import Searcher
+
+from orchestrator.config import ConfigError, load_config, with_overrides
+from orchestrator.train.racing import RACED_OUT, RacingSearcher, raced_out
+from orchestrator.train.tune import TRIAL_INDEX
+from tests.conftest import ROOT
+
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+
+
+def _folds(*scores):
+    return dict(enumerate(scores))
+
+
+def test_a_clearly_worse_config_goes_after_min_folds():
+    leader, worse = _folds(0.90, 0.91, 0.89), _folds(0.50, 0.52, 0.49)
+    assert not raced_out(_folds(0.90), _folds(0.50), min_folds=2, confidence=0.95)  # one fold: never
+    assert raced_out({f: leader[f] for f in (0, 1)}, {f: worse[f] for f in (0, 1)}, min_folds=2, confidence=0.95)
+    assert not raced_out(leader, worse, min_folds=4, confidence=0.95)  # fewer shared folds than min_folds
+
+
+def test_an_equal_config_survives_every_fold():
+    leader = _folds(0.90, 0.85, 0.93, 0.88, 0.91)
+    same = _folds(0.901, 0.849, 0.929, 0.882, 0.909)  # the same quality, fold noise both ways
+    for k in range(2, 6):
+        assert not raced_out({f: leader[f] for f in range(k)}, {f: same[f] for f in range(k)}, 2, 0.95)
+    assert not raced_out(leader, dict(leader), 2, 0.95)  # identical scores: the bound is 0, not above
+
+
+def test_a_one_fold_fluke_does_not_eliminate():
+    leader, fluke = _folds(0.90, 0.90, 0.90), _folds(0.90, 0.70, 0.91)
+    assert not raced_out(leader, fluke, 2, 0.95)
+
+
+def test_the_rule_follows_the_metric_direction():
+    assert raced_out(_folds(0.30, 0.31), _folds(0.90, 0.92), 2, 0.95, mode="min")  # val_loss: higher is worse
+    assert not raced_out(_folds(0.90, 0.92), _folds(0.30, 0.31), 2, 0.95, mode="min")
+
+
+class _Configs(Searcher):
+    """A searcher that suggests the given configs in order and records what it heard."""
+
+    def __init__(self, configs):
+        super().__init__(metric="val_macro_f1", mode="max")
+        self.configs, self.heard = list(configs), {}
+
+    def suggest(self, trial_id):
+        return self.configs.pop(0) if self.configs else Searcher.FINISHED
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        self.heard[trial_id] = result
+
+
+def test_searcher_is_breadth_first_and_races_out_the_worse_config(tmp_path):
+    scores = {0.01: [0.90, 0.93, 0.89, 0.92], 0.02: [0.91, 0.90, 0.93, 0.91], 1.0: [0.40, 0.41]}
+    base = _Configs([{"train.lr": lr} for lr in scores])
+    race = RacingSearcher(base, folds=4, configs=3, min_folds=2, confidence=0.95, fold_key=TRIAL_INDEX,
+                          state_file=str(tmp_path / "racing.json"))
+    order, n = [], 0
+
+    def step():
+        nonlocal n
+        n += 1
+        suggestion = race.suggest(f"t{n}")
+        if isinstance(suggestion, dict):
+            order.append((suggestion["train.lr"], suggestion[TRIAL_INDEX]))
+            fold = suggestion[TRIAL_INDEX]
+            race.on_trial_complete(f"t{n}", {"val_macro_f1": scores[suggestion["train.lr"]][fold]})
+        return suggestion
+
+    while step() not in (Searcher.FINISHED, None):
+        pass
+    assert order[:6] == [(0.01, 0), (0.02, 0), (1.0, 0), (0.01, 1), (0.02, 1), (1.0, 1)]  # breadth first
+    assert (1.0, 2) not in order and len(order) == 2 * 4 + 2  # raced out after 2 folds: 2 fold trainings saved
+    state = json.loads((tmp_path / "racing.json").read_text())
+    assert [c["status"] for c in state["configs"]] == ["complete", "complete", RACED_OUT]
+    assert base.heard["config_2"] == {"val_macro_f1": pytest.approx(0.405), "raced_out": 1}  # its partial mean, marked
+    assert base.heard["config_1"] == {"val_macro_f1": pytest.approx(0.9125)}
+
+
+def test_racing_needs_a_search_and_folds_beyond_min_folds():
+    from orchestrator.validate import check_racing
+
+    with pytest.raises(ConfigError, match="tune.racing.enabled: racing compares configs"):
+        check_racing(with_overrides(load_config(SMOKE), {"tune.racing.enabled": True, "cv.folds": 3}))
+    with pytest.raises(ConfigError, match=r"tune.racing.min_folds: 2 needs cv.folds > 2 \(cv.folds is 2\)"):
+        check_racing(with_overrides(load_config(SMOKE), {"tune.racing.enabled": True, "cv.folds": 2,
+                                                         "tune.search": {"train.lr": "loguniform(1e-4, 1e-2)"}}))
+
+
+def test_a_broken_lr_is_raced_out_and_the_best_config_is_ensembled(ray_session, tmp_path):
+    """Real Ray Tune: 3 configs × 4 folds, one with an lr too small to learn anything in an epoch; it is
+    raced out once it shares 2 finished folds with the leader, the run picks a sound config and builds
+    its ensemble from the complete ones."""
+    from orchestrator.pipeline import run_experiment
+
+    cfg = with_overrides(load_config(SMOKE), {
+        "name": "race", "runs_dir": str(tmp_path), "train.epochs": 1, "data.max_rows": 400, "data.test_fraction": 0.2,
+        "cv.folds": 4, "cv.parallel": 2,
+        "tune.searcher": "grid", "tune.search": {"train.lr": "grid([0.003, 0.01, 1e-08])"},
+        "tune.racing": {"enabled": True, "min_folds": 2, "confidence": 0.9}})
+    summary = run_experiment(cfg, log=lambda *_: None)
+    trials = json.loads((summary.run.root / "trials.json").read_text())
+    by_lr = {t["params"]["train.lr"]: t for t in trials["trials"]}
+    broken = by_lr[1e-08]
+    assert broken["raced_out"] == "raced out after 2 folds" and broken["folds_done"] < 4  # a third may have been in flight
+    assert trials["best_config"]["train.lr"] in (0.003, 0.01)
+    assert trials["racing"]["fold_trainings_saved"] >= 1
+    complete = [t for t in trials["trials"] if t["folds_done"] == 4]
+    assert trials["ensemble"]["eligible_configs"] == len(complete) >= 1
+    assert all(json.loads((summary.run.root / "ensemble.json").read_text())["members"])
+    assert summary.test_metrics["macro_f1"] > 0.7
