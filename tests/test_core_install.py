@@ -48,7 +48,7 @@ def core_venv(tmp_path_factory):
     venv = tmp_path_factory.mktemp("core") / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", "-e", str(ROOT)], check=True,
+    subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-compile", "-e", str(ROOT)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     return python
 

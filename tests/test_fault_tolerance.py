@@ -259,7 +259,7 @@ def test_a_killed_worker_of_two_restarts_the_fold_from_its_checkpoint(ray_sessio
     assert summary.test_metrics["macro_f1"] > 0.6
 
 
-def _run_cli(args: list[str], log: Path) -> subprocess.Popen:
+def run_cli(args: list[str], log: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONUNBUFFERED"] = "1"
     with open(log, "ab") as out:
@@ -267,7 +267,7 @@ def _run_cli(args: list[str], log: Path) -> subprocess.Popen:
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
-def _tail(log: Path, n: int = 3000) -> str:
+def log_tail(log: Path, n: int = 3000) -> str:
     return log.read_text(errors="replace")[-n:] if log.exists() else ""
 
 
@@ -281,11 +281,11 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(ray_session, tm
             "--set", f"cv.folds={folds}"]
     root, log = tmp_path / "driver_kill", tmp_path / "driver.log"
     pgs_before, actors_before = live_pg_ids(), live_train_actor_ids()
-    driver = _run_cli(args, log)
+    driver = run_cli(args, log)
     try:
         def finished_trials():
             if driver.poll() is not None:
-                pytest.fail(f"driver exited ({driver.returncode}) before it could be killed:\n{_tail(log)}")
+                pytest.fail(f"driver exited ({driver.returncode}) before it could be killed:\n{log_tail(log)}")
             return [p.parent for p in (root / "trials").glob("*/history.json")]
         wait_for(finished_trials, 300, "a finished fold trial (trials/<id>/history.json)", interval=0.05)
     finally:
@@ -302,13 +302,13 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(ray_session, tm
              "the killed driver's actors to be reclaimed", 0.5)
 
     controllers_before = len(actors("TrainController", alive_only=False))
-    resume = _run_cli(args + ["--resume"], log)
+    resume = run_cli(args + ["--resume"], log)
     try:
         code = resume.wait(timeout=300)
     except subprocess.TimeoutExpired:
         resume.kill()
-        pytest.fail(f"run --resume did not finish in 300 s:\n{_tail(log)}")
-    assert code == 0, _tail(log)
+        pytest.fail(f"run --resume did not finish in 300 s:\n{log_tail(log)}")
+    assert code == 0, log_tail(log)
     assert "resuming Tune experiment" in log.read_text(errors="replace")
 
     # the finished trials were kept as they were, the others trained: one TorchTrainer each

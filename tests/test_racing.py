@@ -95,25 +95,50 @@ def test_racing_needs_a_search_and_folds_beyond_min_folds():
                                                          "tune.search": {"train.lr": "loguniform(1e-4, 1e-2)"}}))
 
 
-def test_a_broken_lr_is_raced_out_and_the_best_config_is_ensembled(ray_session, tmp_path):
-    """Real Ray Tune: 3 configs × 4 folds, one with an lr too small to learn anything in an epoch; it is
-    raced out once it shares 2 finished folds with the leader, the run picks a sound config and builds
-    its ensemble from the complete ones."""
-    from orchestrator.pipeline import run_experiment
+def test_a_race_through_ray_tune_survives_a_killed_driver(ray_session, tmp_path):
+    """Real Ray Tune, 3 configs × 3 folds, one with an lr too small to learn anything in an epoch. The
+    driver is SIGKILLed mid-race; `run --resume` finishes the race without re-running a finished fold:
+    the broken config is raced out once it shares 2 finished folds with the leader, the run picks a
+    sound config and builds its ensemble from the configs that finished all folds."""
+    from tests.test_fault_tolerance import actors, log_tail, run_cli, state_address, wait_for
 
-    cfg = with_overrides(load_config(SMOKE), {
-        "name": "race", "runs_dir": str(tmp_path), "train.epochs": 1, "data.max_rows": 400, "data.test_fraction": 0.2,
-        "cv.folds": 4, "cv.parallel": 2,
-        "tune.searcher": "grid", "tune.search": {"train.lr": "grid([0.003, 0.01, 1e-08])"},
-        "tune.racing": {"enabled": True, "min_folds": 2, "confidence": 0.9}})
-    summary = run_experiment(cfg, log=lambda *_: None)
-    trials = json.loads((summary.run.root / "trials.json").read_text())
+    args = [str(SMOKE), "--address", state_address(), "--set", "name=race", "--set", f"runs_dir={tmp_path}",
+            "--set", "train.epochs=1", "--set", "data.max_rows=400", "--set", "data.test_fraction=0.2",
+            "--set", "cv.folds=3", "--set", "cv.parallel=2", "--set", "tune.searcher=grid",
+            "--set", "tune.search={train.lr: 'grid([0.003, 0.01, 1e-08])'}",
+            "--set", "tune.racing={enabled: true, min_folds: 2, confidence: 0.9}"]
+    root, log = tmp_path / "race", tmp_path / "driver.log"
+    driver = run_cli(args, log)
+    try:
+        def two_finished():
+            if driver.poll() is not None:
+                pytest.fail(f"driver exited ({driver.returncode}) before it could be killed:\n{log_tail(log)}")
+            return len(list((root / "trials").glob("*/history.json"))) >= 2
+        wait_for(two_finished, 300, "two finished fold trials", interval=0.05)
+    finally:
+        driver.kill()
+        driver.wait(timeout=30)
+    finished = {p.parent.name: (p / "model.pt").stat().st_mtime_ns for p in (root / "trials").glob("*/model")
+                if (p.parent / "history.json").is_file()}
+    controllers_before = len(actors("TrainController", alive_only=False))
+    resume = run_cli(args + ["--resume"], log)
+    assert resume.wait(timeout=400) == 0, log_tail(log)
+
+    trials = json.loads((root / "trials.json").read_text())
     by_lr = {t["params"]["train.lr"]: t for t in trials["trials"]}
     broken = by_lr[1e-08]
-    assert broken["raced_out"] == "raced out after 2 folds" and broken["folds_done"] < 4  # a third may have been in flight
+    assert broken["raced_out"] == "raced out after 2 folds" and broken["folds_done"] < 3
     assert trials["best_config"]["train.lr"] in (0.003, 0.01)
+    run_ids = {i for t in trials["trials"] for i in t["trial_ids"]}
+    assert set(finished) <= run_ids
+    for trial_id, mtime in finished.items():  # finished folds were kept, not trained again
+        assert (root / "trials" / trial_id / "model" / "model.pt").stat().st_mtime_ns == mtime, trial_id
+    trained_after = len(actors("TrainController", alive_only=False)) - controllers_before
+    assert trained_after <= sum(t["folds_done"] for t in trials["trials"]) - len(finished) + 2  # + the trials killed in flight
     assert trials["racing"]["fold_trainings_saved"] >= 1
-    complete = [t for t in trials["trials"] if t["folds_done"] == 4]
+    state = json.loads((root / "racing.json").read_text())
+    assert {c["status"] for c in state["configs"]} <= {"complete", RACED_OUT} and len(state["configs"]) == 3
+    complete = [t for t in trials["trials"] if t["folds_done"] == 3]
     assert trials["ensemble"]["eligible_configs"] == len(complete) >= 1
-    assert all(json.loads((summary.run.root / "ensemble.json").read_text())["members"])
-    assert summary.test_metrics["macro_f1"] > 0.7
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["stages"]["evaluate"]["status"] == "done" and manifest["metrics"]["test_macro_f1"] > 0.7
