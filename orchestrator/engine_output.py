@@ -38,13 +38,17 @@ class EngineOutput:
         sys.stdout.flush()
         sys.stderr.flush()
         self._saved = [os.dup(1), os.dup(2)]
-        if _writes_to_fd1(sys.stdout):
-            self.terminal = os.fdopen(os.dup(self._saved[0]), "w", buffering=1, encoding="utf-8", errors="replace")
-        # else sys.stdout was replaced (pytest's capsys, a notebook): it keeps receiving the view
+        self._streams = (sys.stdout, sys.stderr)
+        # the view's stream: the real stdout, or what replaced sys.stdout (pytest's capsys, a notebook)
+        self.terminal = (os.fdopen(os.dup(self._saved[0]), "w", buffering=1, encoding="utf-8", errors="replace")
+                         if _writes_to_fd1(sys.stdout) else sys.stdout)
         fd, name = tempfile.mkstemp(prefix="orchestrator-engine-", suffix=".log")
         self._tmp = Path(name)
         self._point_at(fd)
         os.close(fd)
+        # Python-level writes follow the descriptors even where sys.stdout/sys.stderr had been replaced
+        sys.stdout = open(1, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
+        sys.stderr = open(2, "w", buffering=1, encoding="utf-8", errors="replace", closefd=False)
         return self
 
     def _point_at(self, fd: int) -> None:
@@ -73,10 +77,13 @@ class EngineOutput:
             return
         self._point_at(self._saved[0])
         os.dup2(self._saved[1], 2)
+        for wrapper in (sys.stdout, sys.stderr):
+            wrapper.close()  # closefd=False: the descriptors stay
+        sys.stdout, sys.stderr = self._streams
         for fd in self._saved:
             os.close(fd)
         if self.terminal is not sys.stdout:
             self.terminal.close()
-            self.terminal = sys.stdout
+        self.terminal = sys.stdout
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)  # refused before the run directory existed: no log kept

@@ -129,9 +129,14 @@ def test_an_error_raised_in_the_worker_ends_the_run_at_once(ray_session, in_tmp,
     message, not retried as if a worker died."""
     code = main(["run", str(SMOKE), "--set", "name=failing", "--set", f"model={{kind: hf, name: {broken_bert}, max_length: 32}}",
                  "--set", "train.epochs=1"])
-    last = capsys.readouterr().err.strip().splitlines()[-1]  # earlier lines: Ray's worker output
-    assert code == 2 and last.startswith("error: tune: no config finished all 1 folds; fold 0: "), last
-    assert "Traceback" not in last
+    printed = capsys.readouterr().err.strip()
+    assert "pid=" not in printed  # Ray's worker output went to the engine log
+    err = printed.splitlines()[-1]  # earlier lines: the fixture's save_pretrained bar
+    log = in_tmp / "runs" / "failing" / "logs" / "driver.log"
+    suffix = f" (engine log: {log.relative_to(in_tmp)})"
+    assert code == 2 and err.startswith("error: tune: no config finished all 1 folds; fold 0: ") and err.endswith(suffix), err
+    assert "Traceback" not in err and "SafetensorError" in log.read_text()  # the worker's traceback is in the log
+    last = err.removesuffix(suffix)
     trials = [json.loads(line) for line in next((in_tmp / "runs" / "failing" / "ray" / "tune").glob("*/result.json")).read_text().splitlines()]
     # the worker's one report (a retry would add more) and the trial's last result, which names the fold
     assert [t["failed"] for t in trials if "failed" in t] == [last.split("fold 0: ", 1)[1]] * 2
