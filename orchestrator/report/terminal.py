@@ -15,14 +15,14 @@ from orchestrator.report.html import trial_cells
 
 def print_summary(summary, console: Console) -> None:
     """One screen: folds, the trials table (when searching), OOF and test metrics, where artifacts are."""
-    folds = Table(title="folds of the chosen config", box=box.SIMPLE_HEAD)
+    folds = Table(title="folds of the chosen config", box=box.SIMPLE_HEAD, show_edge=False)
     for col in ("fold", "best epoch", "val macro-F1", "val accuracy", "train time (s)"):
         folds.add_column(col, justify="right")
     for r in summary.folds:
         folds.add_row(str(r.fold), str(r.best["epoch"]), f"{r.best['val_macro_f1']:.4f}", f"{r.best['val_accuracy']:.4f}", f"{r.train_time_s:.0f}")
     console.print(folds)
     if len(summary.trials) > 1:
-        trials = Table(title="trials (configs ranked by cross-fold mean)", box=box.SIMPLE_HEAD)
+        trials = Table(title="trials (configs ranked by cross-fold mean)", box=box.SIMPLE_HEAD, show_edge=False)
         for col in ("config", "fold scores", "mean ± std", "time (s)"):
             trials.add_column(col)
         for t in summary.trials[:10]:
@@ -34,7 +34,7 @@ def print_summary(summary, console: Console) -> None:
     if selection:
         eligible = summary.ensemble.get("eligible_configs")
         table = Table(title="ensemble selection on OOF predictions (Caruana) vs the best config"
-                            + (f" ({eligible} configs with all folds eligible)" if eligible else ""), box=box.SIMPLE_HEAD)
+                            + (f" ({eligible} configs with all folds eligible)" if eligible else ""), box=box.SIMPLE_HEAD, show_edge=False)
         for col in ("ensemble", "OOF macro-F1", "test macro-F1", "configs"):
             table.add_column(col)
         for row in selection:
@@ -64,7 +64,7 @@ COMPACT_HEADERS = ("model", "backend", "macro-F1", "accuracy", "MB", "params", "
 
 def print_stage_table(rows: list[dict], console: Optional[Console] = None) -> None:
     """The stage comparison as a rich table that reads at 80 columns (report.html has every digit)."""
-    table = Table(title="stage comparison (evaluation split)", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title="stage comparison (evaluation split)", box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     cells = [_compact(row) for row in rows]
     for i, header in enumerate(COMPACT_HEADERS):
         # names wrap between words; numbers and header words never break
