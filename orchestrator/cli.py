@@ -51,14 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--url", help="send the texts to a running service (orchestrator serve) instead of loading a run")
     predict.add_argument("--token", help="bearer token of the service at --url")
 
-    serve = sub.add_parser("serve", help="serve a run's fold ensemble over HTTP on Ray Serve, until Ctrl-C")
+    serve = sub.add_parser("serve", help="serve a run's fold ensemble (or another of its models) over HTTP on Ray Serve, until Ctrl-C")
     serve.add_argument("run", help="run directory")
     serve.add_argument("--host", help="bind address (default: the run's serve.host, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="HTTP port (default: the run's serve.port)")
     serve.add_argument("--token", help="bearer token required by /predict and /info (default: $ORCHESTRATOR_SERVE_TOKEN, "
                                         "else the run's serve.token_file)")
     serve.add_argument("--insecure", action="store_true", help="allow a non-loopback --host without a token")
-    serve.add_argument("--onnx", action="store_true", help="run the ONNX exports (export/fold_<k>/) instead of the torch models")
+    serve.add_argument("--model", help="which model of the run: ensemble (default), fold:<k>, student, pruned or onnx")
+    serve.add_argument("--onnx", action="store_true", help="run the ONNX exports (export/fold_<k>/) instead of the torch models (--model onnx)")
     serve.add_argument("--replicas", type=int, help="deployment replicas (default: the run's serve.replicas)")
     serve.add_argument("--write-config", metavar="FILE", help="write a Ray Serve config file for `serve run FILE` / `serve deploy FILE` "
                                                               "instead of serving (the token is not written into it)")
@@ -221,14 +222,14 @@ def cmd_serve(args) -> int:
         target = Path(args.write_config)
         if not target.parent.is_dir():
             raise ConfigError(f"--write-config {target}: no such folder {target.parent}")
-        atomic_write_text(target, yaml.safe_dump(serve_config(run, cfg, args.onnx), sort_keys=False))
+        atomic_write_text(target, yaml.safe_dump(serve_config(run, cfg, args.model, args.onnx), sort_keys=False))
         from orchestrator.config import TOKEN_ENV
 
         console.print(f"wrote {args.write_config}: `serve run {args.write_config}` or `serve deploy {args.write_config}` "
                       f"(the token, if any: ${TOKEN_ENV} or the run's serve.token_file where Serve builds the app)")
         return 0
     init_ray()
-    serve_until_interrupted(run, cfg, onnx=args.onnx, log=console.print)
+    serve_until_interrupted(run, cfg, onnx=args.onnx, log=console.print, model=args.model)
     return 0
 
 

@@ -75,15 +75,15 @@ def test_rerun_same_name_is_refused_without_flags(smoke_run, capsys, monkeypatch
 
 
 def test_kfold_grid_search_picks_best_fold_mean(ray_session, tmp_path):
-    """3 folds x 2 configs through real Ray Tune."""
+    """2 folds x 2 configs through real Ray Tune."""
     cfg = with_overrides(load_config(SMOKE), {
         "name": "cv", "runs_dir": str(tmp_path), "train.epochs": 1, "data.max_rows": 300, "data.test_fraction": 0.1,
-        "cv.folds": 3, "tune.searcher": "grid", "tune.search": {"train.lr": "grid([0.0003, 0.003])"},
+        "cv.folds": 2, "tune.searcher": "grid", "tune.search": {"train.lr": "grid([0.0003, 0.003])"},
     })
     summary = run_experiment(cfg, log=lambda *_: None)
     root = summary.run.root
     trials = json.loads((root / "trials.json").read_text())
-    assert len(trials["trials"]) == 2 and all(len(t["fold_scores"]) == 3 for t in trials["trials"])
+    assert len(trials["trials"]) == 2 and all(len(t["fold_scores"]) == 2 for t in trials["trials"])
     means = {t["params"]["train.lr"]: np.mean(t["fold_scores"]) for t in trials["trials"]}
     assert trials["best_config"]["train.lr"] == max(means, key=means.get)
     assert summary.trials[0]["mean"] == pytest.approx(max(means.values()))

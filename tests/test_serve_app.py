@@ -60,7 +60,7 @@ def test_the_written_config_is_served_by_serve_run(no_serve, tmp_path, capsys):
     assert "s3cret-w" not in text
     (app,) = yaml.safe_load(text)["applications"]
     assert app["import_path"] == IMPORT_PATH == "orchestrator.serving:build_app"
-    assert app["args"] == {"run_dir": str(Path(run_dir).resolve()), "onnx": False}
+    assert app["args"] == {"run_dir": str(Path(run_dir).resolve()), "model": "ensemble"}
     serve_run(str(path))
     url = f"http://127.0.0.1:{port}"
     wait_healthy(url)

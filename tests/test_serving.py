@@ -14,16 +14,17 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 import requests
 import torch
+from ray import serve
 
 from orchestrator.rundir import RunDir, RunDirError, write_json
 from orchestrator.cli import main
 from orchestrator.serve.client import Client, ClientError
 from benchmarks.common import free_port
-from orchestrator.config import ExperimentConfig, ModelConfig, ServeConfig
+from orchestrator.config import AutoscalingConfig, ExperimentConfig, ModelConfig, ServeConfig
 from orchestrator.evaluate.ensemble import Ensemble
 from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
 from orchestrator.evaluate.loading import choose_backend, onnx_members
-from orchestrator.serve.deployment import deploy, shutdown
+from orchestrator.serve.deployment import deploy, serve_config, shutdown
 from orchestrator.serve.schema import MAX_BODY_BYTES, MAX_TEXTS, RequestError, parse_hf, parse_predict
 from trainables.export import export_model_dir
 from trainables.models import save_model_dir
@@ -201,7 +202,8 @@ def test_info_describes_model_and_settings(client, served, runs):
     cfg = served[1]
     assert (info["run"], info["model"], info["labels"], info["backend"]) == ("tiny-a", model_of(runs["a"]), CLASSES, "torch")
     assert info["fold_models"] == ["small/textcnn", "small/textcnn"] and info["max_length"] == 8
-    assert info["batching"] == {"max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s}
+    assert info["batching"] == {"max_batch_size": cfg.max_batch_size, "batch_wait_timeout_s": cfg.batch_wait_timeout_s,
+                                "chunk_size": cfg.chunk_size}
     assert info["replicas"] == 1 and info["versions"]["ray"].startswith("2.")
 
 
@@ -274,6 +276,61 @@ def test_onnx_exports_are_served(served, client, onnx_only_run, runs):
     exported = onnx_members(RunDir.open(onnx_only_run))
     assert_matches(response, OnnxEnsemble([d for d, _ in exported], weights=[w for _, w in exported]), TEXTS)
     assert_matches(response, offline(runs["a"]), TEXTS, tol=1e-4)  # the torch models it was exported from
+
+
+def test_one_model_of_the_run_is_served_with_model(served, client, runs):
+    """`--model fold:1` (as student, pruned): that model answers, not the ensemble; a model the run lacks
+    is refused before anything is deployed."""
+    try:
+        assert deploy(runs["a"], served[1], model="fold:1") == served[0]
+        info = client.info()
+        assert (info["served"], info["backend"], info["fold_models"]) == ("fold:1", "torch", ["small/textcnn"])
+        assert_matches(client.predict(TEXTS), Ensemble([RunDir.open(runs["a"]).model_dir(1)], device="cpu"), TEXTS)
+        with pytest.raises(RunDirError, match=r"no student model"):
+            deploy(runs["a"], served[1], model="student")
+        assert client.info()["served"] == "fold:1"
+    finally:
+        deploy(runs["a"], served[1])
+    assert client.info()["served"] == "ensemble"
+
+
+def test_autoscaling_adds_a_replica_under_load(served, client, runs):
+    """serve.autoscaling becomes the deployment's autoscaling_config: under more load than one replica's
+    target Serve starts a second replica (a fixed deployment has one). A Serve config file carries the
+    same autoscaling_config, valid for Serve's schema; the target defaults to a full batch per replica."""
+    cfg = served[1].model_copy(update={"autoscaling": AutoscalingConfig(
+        min_replicas=1, max_replicas=2, target_ongoing_requests=1, upscale_delay_s=0, downscale_delay_s=600)})
+    stop, threads = threading.Event(), []
+
+    def hammer():
+        own = Client(served[0], token=TOKEN)
+        while not stop.is_set():
+            own.predict(TEXTS)
+
+    try:
+        deploy(runs["a"], cfg)
+        threads += [threading.Thread(target=hammer) for _ in range(8)]
+        for t in threads:
+            t.start()
+
+        def running() -> int:
+            states = serve.status().applications["classifier"].deployments["Classifier"].replica_states
+            return states.get("RUNNING", 0)
+        deadline = time.monotonic() + 60
+        while running() < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert running() == 2
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        deploy(runs["a"], served[1])
+    (written,) = serve_config(RunDir.open(runs["a"]), cfg)["applications"][0]["deployments"]
+    assert written["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1,
+                                             "upscale_delay_s": 0, "downscale_delay_s": 600, "initial_replicas": 1}
+    assert "num_replicas" not in written
+    default = ServeConfig(autoscaling=AutoscalingConfig()).deployment_options()
+    assert default["autoscaling_config"]["target_ongoing_requests"] == 32 and "num_replicas" not in default
 
 
 @pytest.mark.parametrize("body, status", [

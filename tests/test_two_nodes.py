@@ -74,7 +74,7 @@ def test_a_lost_worker_node_leaves_its_fold_to_finish_on_the_head(tmp_path):
     with exactly the per-epoch metrics of an uninterrupted run on the same cluster."""
     from benchmarks.node_faults import measure
 
-    result = measure(tmp_path, rows=2000, epochs=10, timeout=240)
+    result = measure(tmp_path, rows=1200, epochs=5, timeout=240)
     assert result["exit_codes"] == {"uninterrupted": 0, "node_kill": 0}, result["log_tails"]
     assert result["killer_error"] is None, result["killer_error"]
     assert result["fold_nodes"] == {"before_kill": ["worker"], "after_kill": ["head"]}, result["fold_nodes"]

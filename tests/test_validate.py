@@ -92,6 +92,18 @@ def test_open_service_on_a_public_host_needs_insecure(in_tmp, capsys, monkeypatc
     capsys.readouterr()
 
 
+def test_serve_autoscaling_is_checked_in_the_yaml(in_tmp, capsys):
+    path = _experiment(in_tmp, "serve:\n  autoscaling:\n    min_replicas: 1\n    max_replicas: 3\n")
+    assert main(["check", path]) == 0
+    err = _refused(["check", path, "--set", "serve.autoscaling.max_replicas=0"], capsys, in_tmp)
+    assert "serve.autoscaling.max_replicas" in err
+    err = _refused(["check", path, "--set", "serve.autoscaling.min_replicas=4"], capsys, in_tmp)
+    assert "serve.autoscaling: max_replicas 3 is below min_replicas 4" in err
+    assert "serve.replicas: 5 is outside serve.autoscaling's 1..3" in _refused(["check", path, "--set", "serve.replicas=5"], capsys, in_tmp)
+    assert "serve.autoscaling.target" in _refused(["check", path, "--set", "serve.autoscaling.target=2"], capsys, in_tmp)
+    capsys.readouterr()
+
+
 def test_check_accepts_a_good_experiment_and_writes_nothing(in_tmp, capsys):
     assert main(["check", str(SMOKE)]) == 0
     assert "ok (2 classes" in capsys.readouterr().out and not (in_tmp / "runs").exists()

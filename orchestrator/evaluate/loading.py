@@ -83,13 +83,22 @@ def model_folder(run: RunDir, model: str) -> Path:
     return folder
 
 
-def load_model(run: RunDir, model: str = "ensemble", device: Optional[str] = None) -> EnsembleBase:
+def served_model(run: RunDir, model: Optional[str] = None, onnx: bool = False) -> str:
+    """Which model a service of the run answers with: ``model`` (one of MODELS) when given, else "onnx"
+    when asked or when the run has only ONNX exports, else "ensemble". RunDirError if the run lacks it."""
+    if model is None or model in ("ensemble", "onnx"):
+        return "onnx" if choose_backend(run, onnx or model == "onnx") == "onnx" else "ensemble"
+    model_folder(run, model)
+    return model
+
+
+def load_model(run: RunDir, model: str = "ensemble", device: Optional[str] = None, threads: Optional[int] = None) -> EnsembleBase:
     """``model`` of the run: "ensemble" (torch), "fold:<k>", "student", "pruned" (``model_folder``) or
-    "onnx" (the ensemble's exports, int8 where checked)."""
+    "onnx" (the ensemble's exports, int8 where checked, ``threads`` per session)."""
     if model == "ensemble":
         return Ensemble.of_run(run, device)
     if model == "onnx":
         if not onnx_members(run):
             raise RunDirError(f"{run.root}: no ONNX exports (export/<member>/{ONNX_FILE}); run the export stage first")
-        return load_ensemble(run, "onnx", int8=onnx_precision(run)[0] == "int8")
+        return load_ensemble(run, "onnx", threads=threads, int8=onnx_precision(run)[0] == "int8")
     return Ensemble([model_folder(run, model)], device)

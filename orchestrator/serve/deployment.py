@@ -2,8 +2,8 @@
 
 Each replica of the ``Classifier`` deployment (FastAPI ingress) loads the K fold models once.
 Every text of every request (``/predict``, and ``/hf`` in the Hugging Face Inference API's shape)
-goes through one ``@serve.batch`` queue, so texts of concurrent requests share a batch and each
-batch runs the ensemble once. ``deploy`` serves a run from Python; ``build_app`` and
+goes through one batch queue (``batcher.FillingBatcher``), so texts of concurrent requests share a
+batch and each batch runs the ensemble once. ``deploy`` serves a run from Python; ``build_app`` and
 ``serve_config`` are the same application for Ray Serve's own ``serve run`` / ``serve deploy``.
 """
 
@@ -12,7 +12,6 @@ import hmac
 import json
 import logging
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -23,10 +22,11 @@ from ray import serve
 from starlette.exceptions import HTTPException
 
 from orchestrator.rundir import RunDir, package_versions
+from orchestrator.serve.batcher import FillingBatcher
 from orchestrator.serve.client import Client, ClientError
 from orchestrator.config import ServeConfig
 from orchestrator.evaluate.ensemble import render
-from orchestrator.evaluate.loading import choose_backend, load_ensemble, onnx_precision
+from orchestrator.evaluate.loading import load_model, onnx_precision, served_model
 from orchestrator.serve.schema import (
     MAX_BODY_BYTES, MAX_TEXTS, HFRequest, HFResponse, PredictRequest, PredictResponse, RequestError, hf_answer, parse_hf,
     parse_predict,
@@ -114,35 +114,32 @@ async def _crashed(request: Request, exc: Exception) -> JSONResponse:
 class Classifier:
     """One replica: a run's fold ensemble behind the HTTP API."""
 
-    def __init__(self, run_dir: str, backend: str, token: Optional[str]):
+    def __init__(self, run_dir: str, model: str, token: Optional[str]):
         import torch
 
         torch.set_num_threads(REPLICA_CPUS)  # a replica owns REPLICA_CPUS cores, not the machine
         run = RunDir.open(run_dir)
-        self.precision = onnx_precision(run) if backend == "onnx" else None  # (int8 | fp32, why)
-        self.ensemble = load_ensemble(run, backend, threads=REPLICA_CPUS, int8=self.precision is not None and self.precision[0] == "int8")
+        self.precision = onnx_precision(run) if model == "onnx" else None  # (int8 | fp32, why)
+        self.ensemble = load_model(run, model, device="cpu", threads=REPLICA_CPUS)
         if self.precision:
             logger.info("serving ONNX %s: %s", *self.precision)
-        self.backend = backend
+        self.served, self.backend = model, "onnx" if model == "onnx" else "torch"
         self.run_name = run.manifest().get("name", run.root.name)
         self.model = model_id(run)
         self.trained_with = run.manifest().get("versions", {})
         self.token = token
-        self.batching: dict[str, Any] = {}
-        self.batch_sizes: Counter[int] = Counter()  # executed batch size -> count
+        self.batching: dict[str, Any] = _DEFAULTS.deployment_options()["user_config"]
+        self.batcher = FillingBatcher(self._predict_batch, _DEFAULTS.max_batch_size, _DEFAULTS.batch_wait_timeout_s)
 
     def reconfigure(self, config: dict) -> None:
         """Batch settings (the deployment's user_config): applied without reloading the models."""
-        self._predict_batch.set_max_batch_size(config["max_batch_size"])
-        self._predict_batch.set_batch_wait_timeout_s(config["batch_wait_timeout_s"])
+        self.batcher.configure(config["max_batch_size"], config["batch_wait_timeout_s"])
         self.batching = dict(config)
 
-    @serve.batch(max_batch_size=_DEFAULTS.max_batch_size, batch_wait_timeout_s=_DEFAULTS.batch_wait_timeout_s)
-    async def _predict_batch(self, texts: list[str]) -> list[tuple]:
-        """(labels, probabilities, truncated) per text; one ensemble pass for the whole batch."""
-        self.batch_sizes[len(texts)] += 1
-        # a worker thread keeps the event loop free to answer /healthz and fill the next batch
-        pred = await asyncio.to_thread(self.ensemble.predict, texts, len(texts))
+    def _predict_batch(self, texts: list[str]) -> list[tuple]:
+        """(labels, probabilities, truncated) per text: one ensemble call for the batch, its length-sorted
+        texts in forward passes of ``chunk_size``."""
+        pred = self.ensemble.predict(texts, self.batching["chunk_size"])
         return list(zip(pred.labels, pred.probs, pred.truncated))
 
     def _authorize(self, request: Request) -> None:
@@ -157,7 +154,7 @@ class Classifier:
         return {"status": "ok"}
 
     async def _answers(self, texts: list[str], top_k: Optional[int]) -> list[dict]:
-        rows = await asyncio.gather(*(self._predict_batch(text) for text in texts))
+        rows = await asyncio.gather(*(self.batcher(text) for text in texts))
         return [render(*row, self.ensemble.classes, top_k) for row in rows]
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=_body(PredictRequest))
@@ -181,7 +178,7 @@ class Classifier:
         e = self.ensemble
         return {
             "run": self.run_name, "model": self.model, "labels": e.classes, "multilabel": e.multilabel,
-            "threshold": e.threshold, "max_length": e.encoder.max_length, "backend": self.backend,
+            "threshold": e.threshold, "max_length": e.encoder.max_length, "served": self.served, "backend": self.backend,
             "onnx_precision": dict(zip(("precision", "reason"), self.precision)) if self.precision else None,
             "fold_models": fold_models(e.model_dirs), "weights": e.weights, "batching": self.batching, "replicas": context.world_size,
             "limits": {"max_texts": MAX_TEXTS, "max_body_bytes": MAX_BODY_BYTES},
@@ -192,9 +189,10 @@ class Classifier:
     async def stats(self, request: Request) -> dict:
         """Sizes of the batches this replica executed (each replica counts its own)."""
         self._authorize(request)
-        return {"replica": serve.get_replica_context().replica_tag, "batches": sum(self.batch_sizes.values()),
-                "texts": sum(n * c for n, c in self.batch_sizes.items()),
-                "batch_sizes": {str(n): c for n, c in sorted(self.batch_sizes.items())}}
+        sizes = self.batcher.sizes
+        return {"replica": serve.get_replica_context().replica_tag, "batches": sum(sizes.values()),
+                "texts": sum(n * c for n, c in sizes.items()), "batch_sizes": {str(n): c for n, c in sorted(sizes.items())},
+                "busy_s": round(self.batcher.busy_s, 3)}
 
 
 # ---- deploy ----
@@ -202,22 +200,20 @@ APP_NAME = "classifier"
 IMPORT_PATH = "orchestrator.serving:build_app"  # Ray Serve's name for build_app (serve run / serve deploy)
 
 
-def application(run: RunDir, serve_cfg: ServeConfig, onnx: bool = False) -> serve.Application:
-    """The run's Serve application: the Classifier deployment with the run's replicas and batching."""
-    return Classifier.options(
-        num_replicas=serve_cfg.replicas,
-        # room for a full batch to queue while the previous one runs
-        max_ongoing_requests=2 * serve_cfg.max_batch_size,
-        user_config={"max_batch_size": serve_cfg.max_batch_size, "batch_wait_timeout_s": serve_cfg.batch_wait_timeout_s},
-    ).bind(str(run.root.resolve()), choose_backend(run, onnx), serve_cfg.token)
+def application(run: RunDir, serve_cfg: ServeConfig, model: Optional[str] = None, onnx: bool = False) -> serve.Application:
+    """The run's Serve application: the Classifier deployment serving ``served_model(run, model, onnx)``,
+    with the run's replicas (or autoscaling) and batching."""
+    return Classifier.options(**serve_cfg.deployment_options()).bind(
+        str(run.root.resolve()), served_model(run, model, onnx), serve_cfg.token)
 
 
 class AppArgs(BaseModel):
-    """What ``build_app`` takes (``serve run IMPORT_PATH run_dir=... onnx=true``, or a Serve config's args).
-    No token here: args are stored in the Serve config and shown by ``serve status``."""
+    """What ``build_app`` takes (``serve run IMPORT_PATH run_dir=... [model=student] [onnx=true]``, or a
+    Serve config's args). No token here: args are stored in the Serve config and shown by ``serve status``."""
 
     model_config = ConfigDict(extra="forbid")
     run_dir: str
+    model: Optional[str] = None
     onnx: bool = False
 
 
@@ -225,33 +221,32 @@ def build_app(args: AppArgs) -> serve.Application:
     """Ray Serve's application builder for a run. The bearer token comes from $ORCHESTRATOR_SERVE_TOKEN,
     else the run's serve.token_file, as for ``orchestrator serve``."""
     run = RunDir.open(args.run_dir)
-    return application(run, run.config().serve.with_token(), args.onnx)
+    return application(run, run.config().serve.with_token(), args.model, args.onnx)
 
 
-def serve_config(run: RunDir, serve_cfg: ServeConfig, onnx: bool = False) -> dict:
+def serve_config(run: RunDir, serve_cfg: ServeConfig, model: Optional[str] = None, onnx: bool = False) -> dict:
     """A Serve config file's content (``serve run FILE`` / ``serve deploy FILE``) for the run, checked
     against Serve's own schema; the token stays out of it."""
     from ray.serve.schema import ServeDeploySchema
 
-    choose_backend(run, onnx)  # the models it names exist
+    served = served_model(run, model, onnx)  # the models it names exist
     config = {
         "proxy_location": "EveryNode",
         "http_options": {"host": serve_cfg.host, "port": serve_cfg.port},
         "applications": [{
             "name": APP_NAME, "route_prefix": "/", "import_path": IMPORT_PATH,
-            "args": AppArgs(run_dir=str(run.root.resolve()), onnx=onnx).model_dump(),
-            "deployments": [{"name": Classifier.name, "num_replicas": serve_cfg.replicas,
-                             "max_ongoing_requests": 2 * serve_cfg.max_batch_size,
-                             "user_config": {"max_batch_size": serve_cfg.max_batch_size,
-                                             "batch_wait_timeout_s": serve_cfg.batch_wait_timeout_s}}],
+            "args": AppArgs(run_dir=str(run.root.resolve()), model=served).model_dump(exclude_defaults=True),
+            "deployments": [{"name": Classifier.name, **serve_cfg.deployment_options()}],
         }],
     }
     ServeDeploySchema.model_validate(config)
     return config
 
 
-def deploy(run_dir: str | Path, serve_cfg: ServeConfig, onnx: bool = False, name: str = APP_NAME) -> str:
-    """Serve the run's fold ensemble under app ``name`` and return the base URL once /healthz answers.
+def deploy(run_dir: str | Path, serve_cfg: ServeConfig, onnx: bool = False, name: str = APP_NAME,
+           model: Optional[str] = None) -> str:
+    """Serve the run's ``model`` (default: its fold ensemble; see ``served_model``) under app ``name``
+    and return the base URL once /healthz answers.
 
     Starts Serve on ``serve_cfg.host:port`` unless it already runs (HTTP options are fixed at start:
     ``shutdown()`` to change them). Deploying again under the same name replaces the model by a
@@ -259,7 +254,7 @@ def deploy(run_dir: str | Path, serve_cfg: ServeConfig, onnx: bool = False, name
     """
     run = RunDir.open(run_dir)
     serve.start(http_options={"host": serve_cfg.host, "port": serve_cfg.port})
-    serve.run(application(run, serve_cfg, onnx), name=name, route_prefix="/")
+    serve.run(application(run, serve_cfg, model, onnx), name=name, route_prefix="/")
     host = "127.0.0.1" if serve_cfg.host == "0.0.0.0" else serve_cfg.host
     url = f"http://{host}:{serve_cfg.port}"
     _wait_healthy(url)
@@ -286,15 +281,16 @@ def shutdown() -> None:
     serve.shutdown()
 
 
-def serve_until_interrupted(run: RunDir, serve_cfg: ServeConfig, onnx: bool, log=print) -> None:
-    """Deploy the run on Ray Serve and block until Ctrl-C or SIGTERM, then shut Serve down."""
+def serve_until_interrupted(run: RunDir, serve_cfg: ServeConfig, onnx: bool, log=print, model: Optional[str] = None) -> None:
+    """Deploy the run's model on Ray Serve and block until Ctrl-C or SIGTERM, then shut Serve down."""
     import signal
 
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # a process manager's stop shuts Serve down too
+    served = served_model(run, model, onnx)
     try:
-        url = deploy(run.root, serve_cfg, onnx=onnx)
-        log(f"serving {run.root} at {url}: POST /predict, GET /info, GET /healthz (Ctrl-C to stop)")
-        if choose_backend(run, onnx) == "onnx":
+        url = deploy(run.root, serve_cfg, model=served)
+        log(f"serving {run.root} ({served}) at {url}: POST /predict, GET /info, GET /healthz (Ctrl-C to stop)")
+        if served == "onnx":
             log("ONNX {}: {}".format(*onnx_precision(run)))
         while True:
             time.sleep(3600)

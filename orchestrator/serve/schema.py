@@ -119,7 +119,8 @@ def _validated(model: type[BaseModel], payload: dict, count: int) -> BaseModel:
         return model.model_validate(payload)
     except ValidationError as exc:
         error = exc.errors()[0]
-        where = ".".join(str(part) for part in error["loc"])
+        # a key is the client's text: quoted as JSON where it is not a plain name, so no line break gets through
+        where = ".".join(str(p) if str(p).isidentifier() or isinstance(p, int) else json.dumps(str(p)) for p in error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         raise RequestError(422, f"{where}: {message}" if where else message) from None
 
