@@ -30,7 +30,7 @@ from orchestrator.rundir import RunDir, RunDirError
 from orchestrator.serve.client import Client, ClientError
 from orchestrator.config import ServeConfig
 from orchestrator.evaluate.loading import load_model, served_model
-from orchestrator.serve.deployment import REPLICA_CPUS, deploy, shutdown
+from orchestrator.serve.deployment import REPLICA_CPUS, deploy, replica_device, shutdown
 
 TARGET_RATIO, TARGET_MEAN_BATCH = 0.9, 8.0
 ALLOWED_INT8_FLIPS = 0.02  # share of requests whose int8 labels may differ from the offline int8 run's
@@ -45,12 +45,12 @@ def load_texts(run: RunDir, path: Optional[str]) -> list[str]:
     return run.evaluation_split().texts
 
 
-def offline_texts_per_s(run: RunDir, model: str, texts: list[str], batch_size: int) -> tuple[float, list]:
-    """The same model in this process, on the threads a replica gets; (texts/s, labels)."""
+def offline_texts_per_s(run: RunDir, model: str, texts: list[str], batch_size: int, device: str = "cpu") -> tuple[float, list]:
+    """The same model in this process, on the threads (or the device) a replica gets; (texts/s, labels)."""
     import torch
 
     torch.set_num_threads(REPLICA_CPUS)
-    loaded = load_model(run, model, device="cpu", threads=REPLICA_CPUS)
+    loaded = load_model(run, model, device=device, threads=REPLICA_CPUS)
     loaded.predict(texts[:batch_size], batch_size)  # warm-up
     start = time.perf_counter()
     labels = loaded.predict(texts, batch_size).labels
@@ -108,7 +108,7 @@ def measure_model(run: RunDir, model: str, cfg: ServeConfig, requests: list[list
     """Offline baseline, then the model served under that load: one row of the table."""
     per = len(requests[0])
     flat = [t for r in requests for t in r]
-    baseline, offline_labels = offline_texts_per_s(run, model, flat, cfg.max_batch_size)
+    baseline, offline_labels = offline_texts_per_s(run, model, flat, cfg.max_batch_size, replica_device(cfg))
     url = deploy(run.root, cfg, model=model)
     client = Client(url, cfg.token)
     client.predict(warmup)
@@ -157,6 +157,8 @@ def main() -> None:
     parser.add_argument("--texts", help="text file, one per line (default: the run's saved test split)")
     parser.add_argument("--max-batch-size", type=int, default=ServeConfig().max_batch_size)
     parser.add_argument("--deadline", type=float, default=110.0, help="seconds of a model's load (from its first request) after which nothing is sent")
+    parser.add_argument("--gpus-per-replica", type=float, default=0.0, help="serve.gpus_per_replica (above 0: the replica "
+                                                                            "and the offline baseline run the torch models on CUDA)")
     parser.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -170,7 +172,7 @@ def main() -> None:
     from orchestrator.train.cluster import init_ray
 
     init_ray(args.address)
-    cfg = ServeConfig(port=free_port(), max_batch_size=args.max_batch_size, token="bench")
+    cfg = ServeConfig(port=free_port(), max_batch_size=args.max_batch_size, token="bench", gpus_per_replica=args.gpus_per_replica)
     try:
         rows = [measure_model(run, model, cfg, requests, pool[: args.max_batch_size], args.concurrency, args.deadline)
                 for model in models]

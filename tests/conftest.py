@@ -11,6 +11,15 @@ import torch
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
+NO_GPU = "needs a CUDA GPU: torch.cuda.is_available() is False on this machine (run benchmarks/gpu_check.sh where one is)"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` skip, saying why, where CUDA is missing; everything else always runs."""
+    if not torch.cuda.is_available():
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=NO_GPU))
 
 
 @pytest.fixture(scope="session")

@@ -43,13 +43,17 @@ ARCHS = {
 every_arch = pytest.mark.parametrize("name", list(ARCHS))
 
 
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
+def tiny_encoder(folder) -> HFTextEncoder:
     """A WordPiece tokenizer whose vocabulary is the toy corpus' words (so the models stay tiny)."""
     words = sorted({w for text, _ in TEXTS for w in text.split()})
-    vocab = tmp_path_factory.mktemp("tok") / "vocab.txt"
+    vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
     return HFTextEncoder(transformers.BertTokenizerFast(vocab_file=str(vocab)), max_length=32)
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    return tiny_encoder(tmp_path_factory.mktemp("tok"))
 
 
 def build(name, encoder, **kwargs):

@@ -24,7 +24,7 @@ from orchestrator.config import AutoscalingConfig, ExperimentConfig, ModelConfig
 from orchestrator.evaluate.ensemble import Ensemble
 from orchestrator.evaluate.onnx_ensemble import OnnxEnsemble
 from orchestrator.evaluate.loading import choose_backend, onnx_members
-from orchestrator.serve.deployment import deploy, serve_config, shutdown
+from orchestrator.serve.deployment import deploy, deployment_options, replica_device, serve_config, shutdown
 from orchestrator.serve.schema import MAX_BODY_BYTES, MAX_TEXTS, RequestError, parse_hf, parse_predict
 from trainables.export import export_model_dir
 from trainables.models import save_model_dir
@@ -331,6 +331,13 @@ def test_autoscaling_adds_a_replica_under_load(served, client, runs):
     assert "num_replicas" not in written
     default = ServeConfig(autoscaling=AutoscalingConfig()).deployment_options()
     assert default["autoscaling_config"]["target_ongoing_requests"] == 32 and "num_replicas" not in default
+
+
+def test_a_gpu_per_replica_is_reserved_and_moves_the_model_to_cuda():
+    """The CPU side of serve.gpus_per_replica (tests/test_gpu.py serves on a GPU where there is one)."""
+    gpu = ServeConfig(gpus_per_replica=0.5)
+    assert deployment_options(gpu)["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 0.5} and replica_device(gpu) == "cuda"
+    assert deployment_options(ServeConfig())["ray_actor_options"]["num_gpus"] == 0 and replica_device(ServeConfig()) == "cpu"
 
 
 @pytest.mark.parametrize("body, status", [

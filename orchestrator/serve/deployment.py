@@ -114,13 +114,14 @@ async def _crashed(request: Request, exc: Exception) -> JSONResponse:
 class Classifier:
     """One replica: a run's fold ensemble behind the HTTP API."""
 
-    def __init__(self, run_dir: str, model: str, token: Optional[str]):
+    def __init__(self, run_dir: str, model: str, token: Optional[str], device: str = "cpu"):
         import torch
 
         torch.set_num_threads(REPLICA_CPUS)  # a replica owns REPLICA_CPUS cores, not the machine
         run = RunDir.open(run_dir)
         self.precision = onnx_precision(run) if model == "onnx" else None  # (int8 | fp32, why)
-        self.ensemble = load_model(run, model, device="cpu", threads=REPLICA_CPUS)
+        self.ensemble = load_model(run, model, device=device, threads=REPLICA_CPUS)
+        self.device = getattr(self.ensemble, "device", "cpu")
         if self.precision:
             logger.info("serving ONNX %s: %s", *self.precision)
         self.served, self.backend = model, "onnx" if model == "onnx" else "torch"
@@ -178,7 +179,7 @@ class Classifier:
         e = self.ensemble
         return {
             "run": self.run_name, "model": self.model, "labels": e.classes, "multilabel": e.multilabel,
-            "threshold": e.threshold, "max_length": e.encoder.max_length, "served": self.served, "backend": self.backend,
+            "threshold": e.threshold, "max_length": e.encoder.max_length, "served": self.served, "backend": self.backend, "device": str(self.device),
             "onnx_precision": dict(zip(("precision", "reason"), self.precision)) if self.precision else None,
             "fold_models": fold_models(e.model_dirs), "weights": e.weights, "batching": self.batching, "replicas": context.world_size,
             "limits": {"max_texts": MAX_TEXTS, "max_body_bytes": MAX_BODY_BYTES},
@@ -203,8 +204,19 @@ IMPORT_PATH = "orchestrator.serving:build_app"  # Ray Serve's name for build_app
 def application(run: RunDir, serve_cfg: ServeConfig, model: Optional[str] = None, onnx: bool = False) -> serve.Application:
     """The run's Serve application: the Classifier deployment serving ``served_model(run, model, onnx)``,
     with the run's replicas (or autoscaling) and batching."""
-    return Classifier.options(**serve_cfg.deployment_options()).bind(
-        str(run.root.resolve()), served_model(run, model, onnx), serve_cfg.token)
+    return Classifier.options(**deployment_options(serve_cfg)).bind(
+        str(run.root.resolve()), served_model(run, model, onnx), serve_cfg.token, replica_device(serve_cfg))
+
+
+def deployment_options(serve_cfg: ServeConfig) -> dict:
+    """The Classifier's Serve options: the config's replicas or autoscaling and batching, and the CPUs
+    and GPUs each replica reserves."""
+    resources = {"num_cpus": REPLICA_CPUS, "num_gpus": serve_cfg.gpus_per_replica}
+    return {"ray_actor_options": resources, **serve_cfg.deployment_options()}
+
+
+def replica_device(serve_cfg: ServeConfig) -> str:
+    return "cuda" if serve_cfg.gpus_per_replica > 0 else "cpu"
 
 
 class AppArgs(BaseModel):
@@ -236,7 +248,7 @@ def serve_config(run: RunDir, serve_cfg: ServeConfig, model: Optional[str] = Non
         "applications": [{
             "name": APP_NAME, "route_prefix": "/", "import_path": IMPORT_PATH,
             "args": AppArgs(run_dir=str(run.root.resolve()), model=served).model_dump(exclude_defaults=True),
-            "deployments": [{"name": Classifier.name, **serve_cfg.deployment_options()}],
+            "deployments": [{"name": Classifier.name, **deployment_options(serve_cfg)}],
         }],
     }
     ServeDeploySchema.model_validate(config)
