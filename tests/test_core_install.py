@@ -63,7 +63,7 @@ def test_core_install_runs_smoke_and_names_missing_extras(core_venv, tmp_path):
                            capture_output=True, text=True, check=True)
     assert probe.stdout.strip() == "[]"  # no optional module came in with the core install
 
-    done = _orchestrator(core_venv, tmp_path, "run", str(SMOKE))
+    done = _orchestrator(core_venv, tmp_path, "run", str(SMOKE), "--set", "train.epochs=1", "--set", "data.max_rows=300")
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "runs" / "smoke" / "report.html").is_file()
     assert "test: accuracy" in done.stdout

@@ -68,6 +68,14 @@ def test_live_grid_shows_states_means_and_the_best_config():
     text = console.export_text()
     assert "train.lr=0.001" in text and "failed" in text and "✓ 0.900" in text
     assert "0.8500 ★" in text and "best: config 2 (0.8500)" in text
+    # a fold the race stops at epoch 1 (Tune marks its last epoch result "done"): stopped, not done
+    stopped = {"train.lr": 0.1, TRIAL_INDEX: 1}
+    view.trial_event(stopped, "start", {})
+    view.trial_event(stopped, "result", {"epoch": 1, "val_macro_f1": 0.30, "done": True})
+    view.trial_event(stopped, "stopped", {"epoch": 1, "val_macro_f1": 0.30, "done": True})
+    console = Console(record=True, width=100, file=io.StringIO())
+    console.print(view.render())
+    assert "stopped 1/2" in console.export_text() and view.rows[next(reversed(view.rows))].done_scores() == []
     assert "1/2 0.420" in text  # config 3, fold 0: running, epoch 1 of 2, its latest score
     assert "ETA" in text
 

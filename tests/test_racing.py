@@ -85,6 +85,79 @@ def test_searcher_is_breadth_first_and_races_out_the_worse_config(tmp_path):
     assert base.heard["config_1"] == {"val_macro_f1": pytest.approx(0.9125)}
 
 
+def _fold(race, trial_id, curve, final=True):
+    """Report a fold's epochs to the race as Tune would (scheduler first); True if it was stopped."""
+    for epoch, score in enumerate(curve, start=1):
+        if race.on_epoch(trial_id, {"val_macro_f1": score, "epoch": epoch}):
+            race.on_trial_complete(trial_id, {"val_macro_f1": score, "epoch": epoch})
+            return True
+    if final:
+        race.on_trial_complete(trial_id, {"val_macro_f1": max(curve), "best_epoch": curve.index(max(curve)) + 1, "done": 1})
+    return False
+
+
+def _race(tmp_path, configs, epochs=4, per_epoch=True):
+    base = _Configs([{"train.lr": lr} for lr in configs])
+    race = RacingSearcher(base, folds=4, configs=len(configs), min_folds=2, confidence=0.95, fold_key=TRIAL_INDEX,
+                          state_file=str(tmp_path / "racing.json"), epochs=epochs, per_epoch=per_epoch)
+    return base, race
+
+
+def test_per_epoch_racing_stops_a_worse_config_mid_fold_against_the_leaders_same_epoch(tmp_path):
+    base, race = _race(tmp_path, [0.01, 0.02, 1.0])
+    good, other, bad = [0.80, 0.88, 0.90, 0.91], [0.79, 0.87, 0.91, 0.90], [0.40, 0.41, 0.42, 0.42]
+    suggested = {}
+    for n in range(6):  # breadth first: fold 0 of the three, then fold 1
+        suggested[f"t{n}"] = race.suggest(f"t{n}")
+    assert [(c["train.lr"], c[TRIAL_INDEX]) for c in suggested.values()] == [(0.01, 0), (0.02, 0), (1.0, 0), (0.01, 1), (0.02, 1), (1.0, 1)]
+    assert not _fold(race, "t0", good) and not _fold(race, "t1", other) and not _fold(race, "t2", bad)
+    assert not _fold(race, "t3", [0.81, 0.89, 0.91, 0.92])  # the leader now has 2 finished folds
+    assert _fold(race, "t5", bad)  # at epoch 1 of its second fold, on 2 folds both reached: 0.40, 0.40 vs 0.80, 0.81
+    state = json.loads((tmp_path / "racing.json").read_text())
+    out = state["configs"][2]
+    assert (out["status"], out["raced_after"], out["raced_at_epoch"]) == (RACED_OUT, 1, 1)
+    assert out["scores"] == {"0": 0.42} and out["curves"]["1"] == [0.40]  # the stopped fold's epoch is no fold score
+    assert base.heard["config_2"] == {"val_macro_f1": pytest.approx(0.42), "raced_out": 1}
+    assert not _fold(race, "t4", other)  # an equal config is never stopped
+    assert race.suggest("t6")[TRIAL_INDEX] == 2 and all(race.suggest(f"t{n}")["train.lr"] != 1.0 for n in range(7, 10))
+
+
+def test_per_epoch_racing_never_judges_one_fold_alone_nor_stops_a_last_epoch(tmp_path):
+    _, race = _race(tmp_path, [0.01, 1.0], epochs=2)
+    for n in range(4):
+        race.suggest(f"t{n}")  # (0.01, 0), (1.0, 0), (0.01, 1), (1.0, 1)
+    assert not _fold(race, "t1", [0.40, 0.41])  # one fold, no leader yet
+    assert not _fold(race, "t0", [0.80, 0.90])
+    assert not _fold(race, "t2", [0.81, 0.91])
+    # 2 shared folds at epoch 1 (0.80/0.81 vs 0.40 and this fold's 0.40): out, and this fold stops
+    assert _fold(race, "t3", [0.40, 0.41])
+    _, late = _race(tmp_path / "late", [0.01, 1.0], epochs=1)
+    (tmp_path / "late").mkdir()
+    for n in range(4):
+        late.suggest(f"t{n}")
+    for trial, curve in (("t0", [0.9]), ("t1", [0.4]), ("t2", [0.91])):
+        _fold(late, trial, curve)
+    assert not late.on_epoch("t3", {"val_macro_f1": 0.4, "epoch": 1})  # its last epoch: left to finish
+
+
+def test_without_per_epoch_racing_a_fold_runs_to_its_end_and_in_flight_folds_of_a_raced_config_stop(tmp_path):
+    _, race = _race(tmp_path, [0.01, 1.0], per_epoch=False)
+    for n in range(4):
+        race.suggest(f"t{n}")
+    for trial, curve in (("t0", [0.8, 0.9, 0.9, 0.9]), ("t1", [0.4] * 4), ("t2", [0.81, 0.91, 0.91, 0.91])):
+        _fold(race, trial, curve)
+    assert not _fold(race, "t3", [0.40, 0.41, 0.41, 0.40])  # per_epoch off: its fold ends, then the fold rule takes it
+    assert json.loads((tmp_path / "racing.json").read_text())["configs"][1]["raced_after"] == 2
+    _, both = _race(tmp_path / "b", [0.01, 1.0])
+    (tmp_path / "b").mkdir()
+    for n in range(5):
+        both.suggest(f"t{n}")  # t4: fold 2 of 0.01
+    for trial, curve in (("t0", [0.8, 0.9, 0.9, 0.9]), ("t1", [0.4] * 4), ("t2", [0.81, 0.91, 0.91, 0.91])):
+        _fold(both, trial, curve)
+    both.entries[1].status = RACED_OUT  # raced out (e.g. by the fold rule) while its fold 1 trains
+    assert both.on_epoch("t3", {"val_macro_f1": 0.4, "epoch": 1}) and "t3" in both.stopped
+
+
 def test_racing_needs_a_search_and_folds_beyond_min_folds():
     from orchestrator.validate import check_racing
 
@@ -106,7 +179,7 @@ def test_a_race_through_ray_tune_survives_a_killed_driver(ray_session, tmp_path)
             "--set", "train.epochs=1", "--set", "data.max_rows=400", "--set", "data.test_fraction=0.2",
             "--set", "cv.folds=3", "--set", "cv.parallel=2", "--set", "tune.searcher=grid",
             "--set", "tune.search={train.lr: 'grid([0.003, 0.01, 1e-08])'}",
-            "--set", "tune.racing={enabled: true, min_folds: 2, confidence: 0.9}"]
+            "--set", "tune.racing={enabled: true, min_folds: 2, confidence: 0.9, per_epoch: false}"]  # the fold rule
     root, log = tmp_path / "race", tmp_path / "driver.log"
     driver = run_cli(args, log)
     try:
@@ -142,3 +215,30 @@ def test_a_race_through_ray_tune_survives_a_killed_driver(ray_session, tmp_path)
     assert trials["ensemble"]["eligible_configs"] == len(complete) >= 1
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["stages"]["evaluate"]["status"] == "done" and manifest["metrics"]["test_macro_f1"] > 0.7
+
+
+def test_per_epoch_racing_through_ray_tune_stops_a_broken_configs_fold_mid_training(ray_session, tmp_path):
+    """Real Ray Tune, 2 configs x 3 folds x 2 epochs, one fold at a time (a fixed order): the config with
+    lr 1e-8 finishes fold 0, is raced out at epoch 1 of fold 1 (its 2 folds at epoch 1 against the
+    leader's), that fold's TorchTrainer stops there, its fold 2 never runs, and the run still ends with
+    the sound config's 3-fold ensemble."""
+    from orchestrator.pipeline import run_experiment
+    from tests.test_fault_tolerance import actors
+
+    cfg = with_overrides(load_config(SMOKE), {
+        "name": "epochs", "runs_dir": str(tmp_path), "train.epochs": 2, "data.max_rows": 240, "data.test_fraction": 0.2,
+        "cv.folds": 3, "cv.parallel": 1, "tune.searcher": "grid", "tune.search": {"train.lr": "grid([0.01, 1e-08])"},
+        "tune.racing": {"enabled": True, "min_folds": 2, "confidence": 0.95}})
+    summary = run_experiment(cfg, log=lambda *_: None)
+    root = summary.run.root
+    trials = json.loads((root / "trials.json").read_text())
+    by_lr = {t["params"]["train.lr"]: t for t in trials["trials"]}
+    broken, sound = by_lr[1e-08], by_lr[0.01]
+    assert broken["raced_out"] == "raced out after 1 folds, at epoch 1 of the next"
+    assert (broken["folds_done"], broken["folds_stopped"]) == (1, 1) and sound["folds_done"] == 3
+    assert trials["racing"]["folds_stopped_mid_training"] == 1 and trials["best_config"]["train.lr"] == 0.01
+    state = json.loads((root / "racing.json").read_text())
+    assert state["configs"][1]["curves"]["1"] and len(state["configs"][1]["curves"]["1"]) == 1  # one epoch, then stopped
+    assert trials["ensemble"]["eligible_configs"] == 1
+    assert not actors("TrainController")  # the stopped fold's trainer went with its trial
+    assert json.loads((root / "manifest.json").read_text())["metrics"]["test_macro_f1"] > 0.7

@@ -34,7 +34,7 @@ from trainables.ray_worker import FAILED
 
 @dataclass
 class FoldCell:
-    status: str = "pending"  # pending, running, done, failed
+    status: str = "pending"  # pending, running, done, stopped (its config raced out mid-fold), failed
     epoch: int = 0
     epochs: int = 0
     score: Optional[float] = None  # running: the latest epoch's; done: the fold's best epoch's
@@ -66,6 +66,11 @@ class TuneEvents(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if _WATCHING is not None:
             _WATCHING.trial_event(trial.config, "result", result)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        if _WATCHING is not None and "best_epoch" not in last and FAILED not in last:  # stopped mid-fold by the race
+            _WATCHING.trial_event(trial.config, "stopped", last)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         if _WATCHING is not None:
@@ -131,7 +136,7 @@ class RunView:
 
     def trial_event(self, config: dict, kind: str, result: dict) -> None:
         """A trial (one fold of one config) started ("start"), reported ("result": an epoch, or its
-        end with ``done``) or crashed ("error")."""
+        end with ``done``), was stopped mid-fold by the race ("stopped") or crashed ("error")."""
         params = {k: v for k, v in config.items() if k != TRIAL_INDEX}
         key = json.dumps(params, sort_keys=True, default=str)
         if key not in self.rows:
@@ -142,10 +147,13 @@ class RunView:
         score = float(score) if isinstance(score, (int, float)) and not math.isnan(score) else None
         if kind == "start":  # the grid shows it; a plain line names the config once its first fold ends
             cell.status = "running"
+        elif kind == "stopped":
+            cell.status = "stopped"
+            self._event(f"{name}: stopped at epoch {cell.epoch}/{cell.epochs}, its config raced out")
         elif kind == "error" or (result.get("done") and score is None):
             cell.status = "failed"
             self._event(f"{name}: failed: {result.get(FAILED, 'see the engine log')}")
-        elif result.get("done"):
+        elif result.get("done") and "best_epoch" in result:  # Tune marks a stopped trial's last epoch "done" too
             cell.status, cell.score = "done", score
             self._event(self._done_line(name, row, result.get("best_epoch"), score))
         elif "epoch" in result:
@@ -173,7 +181,7 @@ class RunView:
     def _eta(self) -> str:
         elapsed = time.monotonic() - self.started
         total = self.total_configs * self.folds * self.epochs
-        done = sum(c.epochs if c.status in ("done", "failed") else c.epoch for r in self.rows.values() for c in r.folds)
+        done = sum(c.epochs if c.status in ("done", "failed", "stopped") else c.epoch for r in self.rows.values() for c in r.folds)
         if not done:
             return f"elapsed {_clock(elapsed)}"
         return f"elapsed {_clock(elapsed)}, ETA {_clock(elapsed / done * max(total - done, 0))}"
@@ -202,6 +210,8 @@ class RunView:
             return Text("·", style="dim")
         if cell.status == "failed":
             return Text("failed", style="red")
+        if cell.status == "stopped":
+            return Text(f"stopped {cell.epoch}/{cell.epochs}", style="dim")
         score = f" {cell.score:.3f}" if isinstance(cell.score, (int, float)) and not math.isnan(cell.score) else ""
         if cell.status == "done":
             return Text(f"✓{score}", style="green")

@@ -9,6 +9,13 @@ leader − config is above zero (``raced_out``). A raced-out config takes no mor
 it finished stay in trials.json, marked. The wrapped searcher hears each config once: its K-fold
 mean, or a raced-out config's partial mean (worse by construction), so it keeps suggesting.
 
+Inside a fold group (``racing.per_epoch``), ``RaceStopper`` (a Tune scheduler) applies the same rule at
+every epoch a fold reports: the config's folds against the leader's folds at the same epoch (each fold's
+best score up to that epoch; a finished fold keeps its last), on the folds both reached, at least
+``min_folds`` of them: never one fold alone. A config that goes out there stops the reporting fold at
+once, and any other fold of a raced-out config still in flight stops at its next epoch. A fold at its
+last epoch is left to finish (stopping it saves nothing).
+
 The race's state is written to racing.json (read by ``select_best``) and saved with Tune's
 experiment checkpoints, so a resumed driver continues the race where it was.
 """
@@ -22,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 import numpy as np
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from trainables.atomic import atomic_write_text
@@ -60,21 +68,29 @@ class Entry:
     scheduled: set[int] = field(default_factory=set)
     status: str = "racing"                     # racing, complete, raced out, failed
     raced_after: Optional[int] = None          # folds it had finished when it was raced out
+    raced_at_epoch: Optional[int] = None       # the epoch it went out at (per-epoch racing), if not at a fold's end
+    curves: dict[int, list[float]] = field(default_factory=dict)  # fold -> its best score up to each epoch
 
     def mean(self) -> float:
         return float(np.mean(list(self.scores.values()))) if self.scores else math.nan
+
+    def at_epoch(self, epoch: int) -> dict[int, float]:
+        """Fold -> best score up to ``epoch``: folds that reached it, and finished folds (their last)."""
+        return {f: c[min(epoch, len(c)) - 1] for f, c in self.curves.items() if c and (len(c) >= epoch or f in self.scores)}
 
 
 class RacingSearcher(Searcher):
     """Suggests (config, fold) trials of ``searcher``'s configs, breadth first, racing them."""
 
     def __init__(self, searcher: Searcher, folds: int, configs: int, min_folds: int, confidence: float,
-                 fold_key: str, state_file: str):
+                 fold_key: str, state_file: str, epochs: int = 1, per_epoch: bool = False):
         super().__init__(metric=searcher.metric, mode=searcher.mode)
         self.searcher, self.folds, self.configs = searcher, folds, configs
         self.min_folds, self.confidence, self.fold_key, self.state_file = min_folds, confidence, fold_key, state_file
+        self.epochs, self.per_epoch = epochs, per_epoch
         self.entries: list[Entry] = []
         self.trials: dict[str, tuple[int, int]] = {}  # Tune trial id -> (entry, fold)
+        self.stopped: set[str] = set()                 # trials stopped mid-fold (their last result is no fold score)
         self.exhausted = False                         # the wrapped searcher has no more configs
 
     # ---- Tune's side ----
@@ -101,7 +117,9 @@ class RacingSearcher(Searcher):
         index, fold = self.trials.pop(trial_id)
         entry = self.entries[index]
         score = (result or {}).get(self.metric)
-        if error or score is None or math.isnan(float(score)):
+        if trial_id in self.stopped:  # its config was raced out while it trained
+            self.stopped.discard(trial_id)
+        elif error or score is None or math.isnan(float(score)):
             if entry.status == "racing":
                 entry.status = "failed"
                 self.searcher.on_trial_complete(entry.key, error=True)
@@ -133,13 +151,43 @@ class RacingSearcher(Searcher):
         for entry in self.entries:
             if entry is not leader and entry.status == "racing" and raced_out(leader.scores, entry.scores, self.min_folds,
                                                                                self.confidence, self.mode):
-                entry.status, entry.raced_after = RACED_OUT, len(entry.scores)
-                self.searcher.on_trial_complete(entry.key, {self.metric: entry.mean(), "raced_out": 1})
+                self._race_out(entry)
+
+    def _race_out(self, entry: Entry, epoch: Optional[int] = None) -> None:
+        entry.status, entry.raced_after, entry.raced_at_epoch = RACED_OUT, len(entry.scores), epoch
+        partial = entry.mean() if entry.scores else float(np.mean(list(entry.at_epoch(epoch or 1).values())))
+        self.searcher.on_trial_complete(entry.key, {self.metric: partial, "raced_out": 1})
+
+    def on_epoch(self, trial_id: str, result: dict) -> bool:
+        """Record a fold's epoch result; whether that fold should stop now: its config is raced out
+        (already, or now on its folds at this epoch against the leader's; ``per_epoch`` only)."""
+        score, epoch = result.get(self.metric), result.get("epoch")
+        if trial_id not in self.trials or "best_epoch" in result or epoch is None or score is None or math.isnan(float(score)):
+            return False
+        index, fold = self.trials[trial_id]
+        entry, epoch = self.entries[index], int(epoch)
+        curve = entry.curves.setdefault(fold, [])[: epoch - 1]  # a restarted fold reports its epochs again
+        better = max if self.mode == "max" else min
+        entry.curves[fold] = curve + [better(curve[-1], float(score)) if curve else float(score)]
+        if epoch >= self.epochs:  # its last epoch: it finishes anyway
+            return False
+        if entry.status == "racing" and self.per_epoch:
+            leader = self.leader()
+            if leader is not None and leader is not entry and raced_out(leader.at_epoch(epoch), entry.at_epoch(epoch),
+                                                                         self.min_folds, self.confidence, self.mode):
+                self._race_out(entry, epoch)
+        if entry.status != RACED_OUT:
+            return False
+        self.stopped.add(trial_id)
+        self._write()
+        return True
 
     def state(self) -> dict:
         return {"min_folds": self.min_folds, "confidence": self.confidence, "folds": self.folds,
+                "per_epoch": self.per_epoch,
                 "configs": [{"params": e.config, "status": e.status, "raced_after": e.raced_after,
-                             "scores": {str(f): s for f, s in sorted(e.scores.items())}} for e in self.entries]}
+                             "raced_at_epoch": e.raced_at_epoch, "scores": {str(f): s for f, s in sorted(e.scores.items())},
+                             "curves": {str(f): c for f, c in sorted(e.curves.items())}} for e in self.entries]}
 
     def _write(self) -> None:
         atomic_write_text(self.state_file, json.dumps(self.state(), indent=2, default=str) + "\n")
@@ -163,3 +211,16 @@ class RacingSearcher(Searcher):
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return self.searcher.set_search_properties(metric, mode, config, **spec)
+
+
+class RaceStopper(FIFOScheduler):
+    """Tune's scheduler for a race: stops a fold trial the moment ``race.on_epoch`` says its config is
+    out; otherwise first in, first out."""
+
+    def __init__(self, race: RacingSearcher):
+        super().__init__()
+        self.race = race
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        return TrialScheduler.STOP if self.race.on_epoch(trial.trial_id, result) else TrialScheduler.CONTINUE
+

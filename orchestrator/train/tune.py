@@ -113,12 +113,17 @@ def build_search(cfg: ExperimentConfig, racing_state: Optional[Path] = None):
         from orchestrator.train.racing import RacingSearcher
 
         race = RacingSearcher(searcher, folds, config_count(tcfg), tcfg.racing.min_folds, tcfg.racing.confidence,
-                              TRIAL_INDEX, str(racing_state))
+                              TRIAL_INDEX, str(racing_state), epochs=cfg.train.epochs, per_epoch=tcfg.racing.per_epoch)
         return race, {}, config_count(tcfg) * folds  # an upper bound: the race says when it is finished
     return Repeater(searcher, repeat=folds, set_index=True), {}, config_count(tcfg) * folds
 
 
-def build_scheduler(cfg: ExperimentConfig):
+def build_scheduler(cfg: ExperimentConfig, search_alg=None):
+    """Tune's trial scheduler: a race's ``RaceStopper`` (stops the folds of raced-out configs), FIFO, or ASHA."""
+    from orchestrator.train.racing import RaceStopper, RacingSearcher
+
+    if isinstance(search_alg, RacingSearcher):
+        return RaceStopper(search_alg)
     if cfg.tune.scheduler == "fifo":
         return None
     if cfg.cv.folds > 1:
@@ -179,6 +184,8 @@ def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = 
     from ray import tune
 
     release_dead_drivers(run, log)
+    from orchestrator.train.racing import RacingSearcher
+
     search_alg, param_space, num_samples = build_search(cfg, run.racing_json)
     trainable = tune.with_resources(
         tune.with_parameters(fold_trial, base_cfg=cfg.model_dump(mode="json"), run_root=str(run.root.resolve()),
@@ -196,12 +203,14 @@ def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = 
         tuner = tune.Tuner(
             trainable, param_space=param_space,
             tune_config=tune.TuneConfig(
-                search_alg=search_alg, scheduler=build_scheduler(cfg), num_samples=num_samples,
+                search_alg=search_alg, scheduler=build_scheduler(cfg, search_alg), num_samples=num_samples,
                 metric=cfg.tune.metric, mode=cfg.tune.mode,
                 max_concurrent_trials=cfg.tune.max_concurrent or cfg.cv.parallel or cfg.cv.folds,
                 # A finished trial's actor (its process, with Ray Tune and torch imported) runs the
-                # next fold or config instead of a new one being started (docs/architecture.md, "Where a trial's seconds go")
-                reuse_actors=True,
+                # next fold or config instead of a new one being started (docs/architecture.md, "Where a trial's seconds go").
+                # Not when the race stops folds mid-training: a stopped trial's actor, still inside its
+                # TorchTrainer's fit, would be handed the next trial and hang; ended, it takes its trainer along.
+                reuse_actors=not isinstance(search_alg, RacingSearcher) or not cfg.tune.racing.per_epoch,
             ),
             run_config=RunConfig(name=TUNE_NAME, storage_path=str(run.ray_storage), failure_config=FailureConfig(max_failures=1),
                                  verbose=1, callbacks=list(callbacks)),
@@ -223,7 +232,11 @@ def select_best(cfg: ExperimentConfig, run: RunDir, grid) -> TuneOutcome:
             continue
         if result.error is not None or result.metrics is None or metric not in result.metrics:
             continue
-        group = groups.setdefault(json.dumps(params, sort_keys=True, default=str), {"params": params, "folds": {}, "time_s": 0.0})
+        group = groups.setdefault(json.dumps(params, sort_keys=True, default=str),
+                                  {"params": params, "folds": {}, "time_s": 0.0, "stopped": 0})
+        if "best_epoch" not in result.metrics:  # stopped mid-fold (its config raced out): an epoch's score, not the fold's
+            group["stopped"] += 1
+            continue
         fold = int(result.config.get(TRIAL_INDEX, 0))
         group["folds"][fold] = {"score": float(result.metrics[metric]), "trial_id": result.metrics["trial_id"],
                                 "best_epoch": result.metrics.get("best_epoch")}
@@ -231,15 +244,17 @@ def select_best(cfg: ExperimentConfig, run: RunDir, grid) -> TuneOutcome:
     rows = []
     for group in groups.values():
         scores = [group["folds"][f]["score"] for f in sorted(group["folds"])]
-        rows.append({"params": group["params"], "fold_scores": scores, "mean": float(np.mean(scores)),
-                     "std": float(np.std(scores)), "folds_done": len(scores), "time_s": group["time_s"],
+        rows.append({"params": group["params"], "fold_scores": scores, "mean": float(np.mean(scores)) if scores else float("nan"),
+                     "std": float(np.std(scores)) if scores else float("nan"), "folds_done": len(scores),
+                     "folds_stopped": group["stopped"], "time_s": group["time_s"],
                      "trial_ids": [group["folds"][f]["trial_id"] for f in sorted(group["folds"])]})
     rows = [r for r in rows if json.dumps(r["params"], sort_keys=True, default=str) not in failed]
     raced = raced_out_configs(run)
     for row in rows:
-        after = raced.get(json.dumps(row["params"], sort_keys=True, default=str))
-        if after is not None:  # folds already in flight then still finished: folds_done may be larger
-            row["raced_out"] = f"raced out after {after} folds"
+        out = raced.get(json.dumps(row["params"], sort_keys=True, default=str))
+        if out is not None:  # folds already in flight then still finished: folds_done may be larger
+            after, epoch = out
+            row["raced_out"] = f"raced out after {after} folds" + (f", at epoch {epoch} of the next" if epoch else "")
     complete = [r for r in rows if r["folds_done"] == k]
     if not complete:
         if failed:
@@ -251,22 +266,24 @@ def select_best(cfg: ExperimentConfig, run: RunDir, grid) -> TuneOutcome:
     write_json(run.trials_json, {"metric": metric, "mode": cfg.tune.mode, "folds": k, "trials": rows,
                                  **({"racing": {"raced_out": sum("raced_out" in r for r in rows),
                                                 "fold_trainings": sum(r["folds_done"] for r in rows),
-                                                "fold_trainings_saved": sum(k - r["folds_done"] for r in rows)}}
+                                                "fold_trainings_saved": sum(k - r["folds_done"] for r in rows),
+                                                "folds_stopped_mid_training": sum(r["folds_stopped"] for r in rows)}}
                                     if cfg.tune.racing.enabled else {}),
                                  "failed": list(failed.values()), "best_config": best["params"]})
     folds = [adopt_trial_model(run, fold, trial_id) for fold, trial_id in enumerate(best["trial_ids"])]
     return TuneOutcome(best["params"], rows, folds)
 
 
-def raced_out_configs(run: RunDir) -> dict[str, int]:
-    """The configs racing took out (as sorted-key JSON of their params) -> the folds each had finished
-    then, from racing.json."""
+def raced_out_configs(run: RunDir) -> dict[str, tuple[int, Optional[int]]]:
+    """The configs racing took out (as sorted-key JSON of their params) -> (the folds each had finished
+    then, the epoch of the next fold it went out at, if per-epoch racing took it), from racing.json."""
     from orchestrator.train.racing import RACED_OUT
 
     if not run.racing_json.is_file():
         return {}
     state = json.loads(run.racing_json.read_text())
-    return {json.dumps(c["params"], sort_keys=True, default=str): c["raced_after"] for c in state["configs"] if c["status"] == RACED_OUT}
+    return {json.dumps(c["params"], sort_keys=True, default=str): (c["raced_after"], c.get("raced_at_epoch"))
+            for c in state["configs"] if c["status"] == RACED_OUT}
 
 
 def adopt_trial_model(run: RunDir, fold: int, trial_id: str) -> FoldResult:
