@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 from benchmarks.common import ROOT, write_result
-from benchmarks.local_cluster import LocalCluster
+from benchmarks.local_cluster import LocalCluster, processes_under
 from orchestrator.rundir import RunDir
 from orchestrator.train.tune import TUNE_NAME
 
@@ -159,6 +159,7 @@ def measure(runs_dir: Path, rows: int = 3000, epochs: int = 8, timeout: float = 
         killer.join(timeout=10)
     finally:
         cluster.stop()
+    name = {head: "head", worker: "worker"}
     trial = killed["epochs"].get(killer.trial_id, [])
     before = sorted({r["node_id"] for r in trial if r["start_epoch"] == 0})
     after = sorted({r["node_id"] for r in trial if r["start_epoch"] > 0})
@@ -171,8 +172,9 @@ def measure(runs_dir: Path, rows: int = 3000, epochs: int = 8, timeout: float = 
         "exit_codes": {"uninterrupted": clean["code"], "node_kill": killed["code"]},
         "killer_error": killer.error, "epoch_at_kill": killer.epoch_at_kill, "resumed_from_epoch": resumed_at,
         "recovery_s": killer.recovery_s,
-        "fold_nodes": {"before_kill": ["worker" if n == worker else "head" for n in before],
-                       "after_kill": ["worker" if n == worker else "head" for n in after]},
+        "fold_nodes": {"before_kill": [name[n] for n in before], "after_kill": [name[n] for n in after]},
+        "uninterrupted_nodes": sorted(sorted({name[r["node_id"]] for r in rows}) for rows in clean["epochs"].values()),
+        "processes_left": len(processes_under(cluster.temp_dir)),
         "max_metric_diff": diff, "compared": list(COMPARED),
         "finished_on_head": after == [head] and killed["code"] == 0,
         "log_tails": {k: r["log_tail"] for k, r in (("uninterrupted", clean), ("node_kill", killed)) if r["log_tail"]},

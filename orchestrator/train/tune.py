@@ -35,6 +35,10 @@ TUNE_NAME = "tune"
 # (even 0.01) would keep N whole-CPU fold workers off N CPUs (2 cores: folds ran one at a time), so
 # a trial holds 1 MiB of Ray's logical "memory" resource and no CPU.
 TRIAL_RESOURCES = {"CPU": 0, "memory": 1 << 20}
+# A trial a scheduler stops mid-fold (the race, ASHA) is still inside its TorchTrainer's fit, so its
+# graceful stop never resolves and Tune kills its actor only after this many seconds (Ray's default
+# 600): the actor's TrainController (owned by it) lived on that long. Killed sooner, it goes along.
+FORCE_TRIAL_CLEANUP_ENV, FORCE_TRIAL_CLEANUP_S = "TUNE_FORCE_TRIAL_CLEANUP_S", 5
 _DIST = re.compile(r"^\s*(uniform|loguniform|quniform|choice|randint|grid)\s*\((.*)\)\s*$", re.S)
 
 
@@ -193,6 +197,7 @@ def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = 
         TRIAL_RESOURCES,
     )
     path = run.ray_run(TUNE_NAME)
+    os.environ.setdefault(FORCE_TRIAL_CLEANUP_ENV, str(FORCE_TRIAL_CLEANUP_S))  # read by Tune's controller in fit()
     if resume and tune.Tuner.can_restore(str(path)):
         log(f"resuming Tune experiment {path}")
         tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True, param_space=param_space or None)
