@@ -169,7 +169,7 @@ def test_racing_needs_a_search_and_folds_beyond_min_folds():
 
 
 def test_a_race_through_ray_tune_survives_a_killed_driver(ray_session, tmp_path):
-    """Real Ray Tune, 3 configs × 3 folds, one with an lr too small to learn anything in an epoch. The
+    """Real Ray Tune, 2 configs × 3 folds, one with an lr too small to learn anything in an epoch. The
     driver is SIGKILLed mid-race; `run --resume` finishes the race without re-running a finished fold:
     the broken config is raced out once it shares 2 finished folds with the leader, the run picks a
     sound config and builds its ensemble from the configs that finished all folds."""
@@ -178,7 +178,7 @@ def test_a_race_through_ray_tune_survives_a_killed_driver(ray_session, tmp_path)
     args = [str(SMOKE), "--address", state_address(), "--set", "name=race", "--set", f"runs_dir={tmp_path}",
             "--set", "train.epochs=1", "--set", "data.max_rows=400", "--set", "data.test_fraction=0.2",
             "--set", "cv.folds=3", "--set", "cv.parallel=2", "--set", "tune.searcher=grid",
-            "--set", "tune.search={train.lr: 'grid([0.003, 0.01, 1e-08])'}",
+            "--set", "tune.search={train.lr: 'grid([0.01, 1e-08])'}",
             "--set", "tune.racing={enabled: true, min_folds: 2, confidence: 0.9, per_epoch: false}"]  # the fold rule
     root, log = tmp_path / "race", tmp_path / "driver.log"
     driver = run_cli(args, log)
@@ -201,7 +201,7 @@ def test_a_race_through_ray_tune_survives_a_killed_driver(ray_session, tmp_path)
     by_lr = {t["params"]["train.lr"]: t for t in trials["trials"]}
     broken = by_lr[1e-08]
     assert broken["raced_out"] == "raced out after 2 folds" and broken["folds_done"] < 3
-    assert trials["best_config"]["train.lr"] in (0.003, 0.01)
+    assert trials["best_config"]["train.lr"] == 0.01
     run_ids = {i for t in trials["trials"] for i in t["trial_ids"]}
     assert set(finished) <= run_ids
     for trial_id, mtime in finished.items():  # finished folds were kept, not trained again
@@ -210,9 +210,8 @@ def test_a_race_through_ray_tune_survives_a_killed_driver(ray_session, tmp_path)
     assert trained_after <= sum(t["folds_done"] for t in trials["trials"]) - len(finished) + 2  # + the trials killed in flight
     assert trials["racing"]["fold_trainings_saved"] >= 1
     state = json.loads((root / "racing.json").read_text())
-    assert {c["status"] for c in state["configs"]} <= {"complete", RACED_OUT} and len(state["configs"]) == 3
-    complete = [t for t in trials["trials"] if t["folds_done"] == 3]
-    assert trials["ensemble"]["eligible_configs"] == len(complete) >= 1
+    assert {c["status"] for c in state["configs"]} <= {"complete", RACED_OUT} and len(state["configs"]) == 2
+    assert trials["ensemble"]["eligible_configs"] == 1
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["stages"]["evaluate"]["status"] == "done" and manifest["metrics"]["test_macro_f1"] > 0.7
 
