@@ -15,7 +15,7 @@ import math
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,9 +31,17 @@ from trainables.batching import BucketBatchSampler, collate
 from trainables.tricks.build import build_hooks
 
 
+# One training batch as a fold's data hands it to the loop: token ids per row, their labels, and the
+# rows' positions in the fold's training rows (for hooks with per-row data), or None when streamed.
+TrainBatch = tuple[list, np.ndarray, Optional[list[int]]]
+
+
 @dataclass
 class FoldData:
-    """Token ids and labels of one fold (labels: class ids, or multi-hot rows when multilabel)."""
+    """Token ids and labels of one fold (labels: class ids, or multi-hot rows when multilabel), in memory.
+
+    The loop reads a fold only through ``class_counts``, ``train_batch_count``, ``train_batches`` and
+    ``validation``; ``trainables/streamed_fold.py`` implements the same four over Ray Data shards."""
 
     train_ids: list[list[int]]
     train_labels: np.ndarray
@@ -47,6 +55,17 @@ class FoldData:
         if self.multilabel:
             return self.train_labels.sum(0).astype(int).tolist()
         return np.bincount(self.train_labels, minlength=self.num_classes).tolist()
+
+    def train_batch_count(self, cfg: TrainConfig, seed: int, rank: int = 0, world: int = 1) -> int:
+        return len(epoch_batches(self, cfg, seed, 0, rank, world))
+
+    def train_batches(self, cfg: TrainConfig, seed: int, epoch: int, rank: int = 0, world: int = 1) -> Iterator[TrainBatch]:
+        for rows in epoch_batches(self, cfg, seed, epoch, rank, world):
+            yield [self.train_ids[r] for r in rows], self.train_labels[rows], rows
+
+    def validation(self, model: nn.Module, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+        """(logits, labels) of the validation rows, in their order."""
+        return predict_logits(model, self.val_ids, self.pad_id, batch_size, device), self.val_labels
 
 
 @dataclass
@@ -142,7 +161,8 @@ class Trainer:
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.raw_model = getattr(model, "module", model)  # unwrapped when DDP wraps it
-        self.steps_per_epoch = math.ceil(len(epoch_batches(data, cfg, seed, 0, rank, world)) / cfg.grad_accum)
+        self.batches_per_epoch = data.train_batch_count(cfg, seed, rank, world)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / cfg.grad_accum)
         optimizer = build_optimizer(self.raw_model, cfg)
         self.scheduler = build_scheduler(optimizer, cfg, total_steps=self.steps_per_epoch * cfg.epochs)
         autocast, scaler = autocast_factory(cfg.amp, self.device)
@@ -178,20 +198,20 @@ class Trainer:
         epoch, cfg, state = self.fit_state.epoch, self.cfg, self.state
         state.epoch = epoch
         self.model.train()
-        batches = epoch_batches(self.data, cfg, self.seed, epoch, self.rank, self.world)
+        batches, last = self.data.train_batches(cfg, self.seed, epoch, self.rank, self.world), self.batches_per_epoch
         started, seen, loss_sum, window = time.perf_counter(), 0, 0.0, [0.0, 0]
-        for i, rows in enumerate(batches):
-            batch = self._batch(rows)
+        for i, (ids, labels, rows) in enumerate(batches):
+            batch = self._batch(ids, labels, rows)
             loss = self.hooks.loss(state, batch)
             if loss is None:
                 loss = state.compute_loss(batch)
             state.backward(loss)
             self.hooks.after_backward(state, batch)
-            value = loss.item() * len(rows)
-            loss_sum, seen, window = loss_sum + value, seen + len(rows), [window[0] + value, window[1] + len(rows)]
-            if (i + 1) % cfg.grad_accum == 0 or i + 1 == len(batches):
+            value = loss.item() * len(ids)
+            loss_sum, seen, window = loss_sum + value, seen + len(ids), [window[0] + value, window[1] + len(ids)]
+            if (i + 1) % cfg.grad_accum == 0 or i + 1 == last:
                 self._optimizer_step()
-                if state.step % cfg.log_every_steps == 0 or i + 1 == len(batches):
+                if state.step % cfg.log_every_steps == 0 or i + 1 == last:
                     self.fit_state.steps.append([state.step, window[0] / window[1]])
                     self.on_step(state.step, window[0] / window[1])
                     window = [0.0, 0]
@@ -209,11 +229,11 @@ class Trainer:
         self.log(f"epoch {epoch + 1}/{cfg.epochs} " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k.startswith("val_")))
         return EpochResult(metrics, improved, stop)
 
-    def _batch(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
-        labels = self.data.train_labels[rows]
+    def _batch(self, ids: list, labels: np.ndarray, rows: Optional[Sequence[int]]) -> dict[str, torch.Tensor]:
         labels = torch.as_tensor(labels, dtype=torch.float32 if self.data.multilabel else torch.long)
-        batch = collate([self.data.train_ids[r] for r in rows], labels, self.data.pad_id)
-        batch["index"] = torch.as_tensor(rows, dtype=torch.long)  # rows of train: hooks look up per-row data (teacher logits)
+        batch = collate(ids, labels, self.data.pad_id)
+        if rows is not None:
+            batch["index"] = torch.as_tensor(rows, dtype=torch.long)  # rows of train: hooks look up per-row data (teacher logits)
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def _optimizer_step(self) -> None:
@@ -235,11 +255,11 @@ class Trainer:
     # ---- evaluation ---------------------------------------------------------------------------
     def evaluate(self) -> dict[str, float]:
         """Validation loss and metrics (val_*) of the current (or averaged) weights."""
-        logits = predict_logits(self.raw_model, self.data.val_ids, self.data.pad_id, self.cfg.eval_batch_size, self.device)
+        logits, gold = self.data.validation(self.raw_model, self.cfg.eval_batch_size, self.device)
         self.val_logits = logits
-        labels = torch.tensor(self.data.val_labels, dtype=torch.float32 if self.data.multilabel else torch.long)  # copy: object-store arrays are read-only
+        labels = torch.tensor(gold, dtype=torch.float32 if self.data.multilabel else torch.long)  # copy: object-store arrays are read-only
         loss = self.state.loss_fn(torch.as_tensor(logits), labels).item()
-        scores = compute_metrics(self.data.val_labels, probabilities(logits, self.data.multilabel), self.data.multilabel, self.cfg.threshold)
+        scores = compute_metrics(gold, probabilities(logits, self.data.multilabel), self.data.multilabel, self.cfg.threshold)
         return {"val_loss": loss, **{f"val_{k}": float(v) for k, v in scores.items() if isinstance(v, (int, float))}}
 
     def track_best(self, metrics: dict[str, float], epoch: int) -> bool:
