@@ -50,6 +50,13 @@ class DataConfig(Section):
     max_rows: Optional[int] = Field(None, ge=1, description="Use only the first N training rows (stratified sample), for quick runs.")
     clean: CleanConfig = Field(default_factory=CleanConfig, description="Text cleanup applied to every split.")
     stop_words: Optional[str] = Field(None, description="File with one stop word per line, removed from small-model tokens.")
+    streaming: Literal["auto", "on", "off"] = Field("auto", description="Read, fold and tokenize the data with Ray Data on the cluster and stream it to the training workers, instead of holding it in the driver (orchestrator/stream/); auto: on for a csv/tsv/jsonl/parquet training file of 2M rows or more.")
+
+    @field_validator("streaming", mode="before")
+    @classmethod
+    def _yaml_switch(cls, value: Any) -> Any:
+        """YAML 1.1 reads a bare on/off as a boolean."""
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
 
     @model_validator(mode="after")
     def _one_source(self) -> "DataConfig":

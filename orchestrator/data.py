@@ -76,7 +76,7 @@ def load_dataset(cfg: DataConfig, seed: int) -> Dataset:
     train_rows = _read_bbc_news() if cfg.source == "bbc_news" else _read_rows(cfg.train, "data.train", cfg)
     given = {key: _read_rows(getattr(cfg, key), f"data.{key}", cfg) for key in ("val", "test") if getattr(cfg, key)}
     names = {key: _label_names(rows, cfg) for key, rows in {"train": train_rows, **given}.items()}
-    labels = _class_labels(cfg, names["train"], train_rows.source)
+    labels = class_labels(cfg, names["train"], train_rows.source)
     train = _encode(train_rows, names["train"], labels, cfg.multilabel)
     known = {i for label in train.labels for i in _ids(label)}
     files = {key: _encode(rows, names[key], labels, cfg.multilabel, known) for key, rows in given.items()}
@@ -106,8 +106,8 @@ _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl",
 
 def _read_rows(path: str, setting: str, cfg: DataConfig) -> _Rows:
     """The text and label columns of the file given as `setting` (data.train, ...)."""
-    file = _existing(path, setting)
-    fmt = _format_of(file) if cfg.format == "auto" else cfg.format
+    file = existing_file(path, setting)
+    fmt = format_of(file) if cfg.format == "auto" else cfg.format
     wanted = {"data.text_column": cfg.text_column, "data.label_column": cfg.label_column}
     try:
         n_rows, available, columns = _read_columns(file, fmt, list(wanted.values()))
@@ -124,7 +124,7 @@ def _read_rows(path: str, setting: str, cfg: DataConfig) -> _Rows:
                  cfg.text_column, cfg.label_column)
 
 
-def _existing(path: str, setting: str) -> Path:
+def existing_file(path: str, setting: str) -> Path:
     file = Path(path)
     if file.is_dir():
         if (file / "dataset_dict.json").is_file():
@@ -142,7 +142,7 @@ def _existing(path: str, setting: str) -> Path:
     return file
 
 
-def _format_of(file: Path) -> str:
+def format_of(file: Path) -> str:
     if file.is_dir():
         return "hf_dataset"
     fmt = _EXTENSIONS.get(file.suffix.lower())
@@ -347,7 +347,7 @@ def _row_label_names(rows: _Rows, i: int, value, cfg: DataConfig) -> list[str]:
         parts = value.split(cfg.label_separator)
     else:
         parts = [value]
-    names = [_label_name(p) for p in parts]
+    names = [label_name(p) for p in parts]
     if None in names:
         raise rows.error(i, f"column '{rows.label_column}': {value!r:.60} is not a label name or an integer id")
     names = [n for n in names if n]
@@ -356,7 +356,7 @@ def _row_label_names(rows: _Rows, i: int, value, cfg: DataConfig) -> list[str]:
     return names
 
 
-def _label_name(value) -> Optional[str]:
+def label_name(value) -> Optional[str]:
     """A label as a name: strings stripped, integral numbers in decimal, null empty; None when it is neither."""
     if value is None:
         return ""
@@ -367,7 +367,7 @@ def _label_name(value) -> Optional[str]:
     return value.strip() if isinstance(value, str) else None
 
 
-def _class_labels(cfg: DataConfig, train_names: list[list[str]], train_source: str) -> _Labels:
+def class_labels(cfg: DataConfig, train_names: list[list[str]], train_source: str) -> _Labels:
     """Classes from classes_map, else the sorted training labels (numerically when all are ids)."""
     unseen = f"does not occur in the training data ({train_source})"
     if cfg.classes_map:
@@ -386,7 +386,7 @@ def _index(classes: list[str], with_ids: bool) -> dict[str, int]:
 
 
 def _read_classes_map(path: str) -> dict[str, int]:
-    file = _existing(path, "data.classes_map")
+    file = existing_file(path, "data.classes_map")
     mapping = _load_json(file)
     if not isinstance(mapping, dict) or not all(type(v) is int for v in mapping.values()):
         raise DataError(f"{file}: expected a JSON object of class name -> integer id")
@@ -585,7 +585,7 @@ def clean_text(text: str, clean: CleanConfig) -> str:
 
 def read_lines(path: str, setting: str) -> list[str]:
     """The non-blank lines of a UTF-8 text file, DataError naming the file (and ``setting``) otherwise."""
-    return [line for line in _utf8_bytes(_existing(path, setting)).decode("utf-8-sig").splitlines() if line.strip()]
+    return [line for line in _utf8_bytes(existing_file(path, setting)).decode("utf-8-sig").splitlines() if line.strip()]
 
 
 def load_stop_words(path: str) -> list[str]:

@@ -38,7 +38,7 @@ class RunSummary:
     trials: list[dict]
     stages: dict
     comparison: list[dict]  # report.compare.stage_comparison rows
-    report: Path            # report.html
+    report: Optional[Path]  # report.html (None for a streamed run)
     ensemble: dict          # evaluation's "ensemble": how the run's ensemble was chosen
 
 
@@ -56,6 +56,15 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool 
     blocks until Ctrl-C. ``watch`` (the CLI's live view) takes the place of ``log`` and watches training.
     """
     log = watch.log if watch is not None else log
+    from orchestrator.stream.source import streaming
+
+    if streaming(cfg):  # the data stays on Ray Data (orchestrator/stream/)
+        from orchestrator.stream.run import run_streamed
+
+        summary = run_streamed(cfg, resume=resume, overwrite=overwrite, address=address, log=log, watch=watch)
+        if on_done:
+            on_done(summary)
+        return summary
     dataset = validate(cfg)
     checkpoints = fold_checkpoints(RunDir.open(resume_from), cfg.cv.folds) if resume_from else None
     init_ray(address)

@@ -136,6 +136,11 @@ class RunDir:
         return self.root / "test"
 
     @property
+    def predictions_dir(self) -> Path:
+        """A streamed run's OOF and test predictions, Parquet partitioned by split (orchestrator/stream/predictions.py)."""
+        return self.root / "predictions"
+
+    @property
     def oof_logits(self) -> Path:
         return self.root / "oof_logits.npy"
 

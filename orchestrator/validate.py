@@ -29,6 +29,13 @@ def validate(cfg: ExperimentConfig) -> Dataset:
     check_word_tokens(cfg, dataset)
     check_classes(dataset, cfg.data.train or cfg.data.source)
     fold_plan(dataset, cfg.cv.folds, cfg.seed)  # K stratified folds need K rows of every class
+    check_settings(cfg)
+    check_losses(cfg, dataset)
+    return dataset
+
+
+def check_settings(cfg: ExperimentConfig) -> None:
+    """The checks that need no data: search space, racing, scheduler, model names, student, serving."""
     search_space(cfg.tune, cfg)
     check_racing(cfg)
     build_scheduler(cfg)
@@ -37,10 +44,8 @@ def validate(cfg: ExperimentConfig) -> Dataset:
         check_vectors(model, key)
     if cfg.distill.enabled:
         student_config(cfg)
-    check_losses(cfg, dataset)
     if cfg.serve.enabled:
         cfg.serve.with_token().check_exposure()
-    return dataset
 
 
 def _models(cfg: ExperimentConfig) -> list[tuple[str, ModelConfig]]:

@@ -11,6 +11,8 @@ import it before their first epoch (trainables/ray_worker.py).
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 from scipy.special import expit, softmax
 
@@ -55,13 +57,18 @@ def compute_metrics(gold: np.ndarray, probs: np.ndarray, multilabel: bool,
     F1 follows sklearn's defaults: multiclass averages over the classes seen in gold or
     predictions, and undefined scores count as 0.
     """
+    return label_scores(gold, predict_labels(probs, multilabel, threshold))
+
+
+def label_scores(gold: np.ndarray, pred: np.ndarray, weight: Optional[np.ndarray] = None) -> dict[str, float]:
+    """``compute_metrics`` of predicted labels; ``weight`` counts each (gold, pred) row that many times
+    (a streamed run scores its predictions from their (label, pred) counts)."""
     from sklearn.metrics import accuracy_score, f1_score
 
     gold = np.asarray(gold).astype(np.int64)
-    pred = predict_labels(probs, multilabel, threshold)
-    scores = {"accuracy": accuracy_score(gold, pred)}
+    scores = {"accuracy": accuracy_score(gold, pred, sample_weight=weight)}
     for average in ("macro", "micro", "weighted"):
-        scores[f"{average}_f1"] = f1_score(gold, pred, average=average, zero_division=0)
+        scores[f"{average}_f1"] = f1_score(gold, pred, average=average, zero_division=0, sample_weight=weight)
     assert tuple(scores) == SCORES
     return {name: float(value) for name, value in scores.items()}
 

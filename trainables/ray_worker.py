@@ -22,7 +22,8 @@ import torch
 
 from trainables.atomic import atomic_write_text
 from trainables.config import ModelConfig, TrainConfig
-from trainables.loop import FoldData, Trainer
+from trainables.loop import Trainer
+from trainables.streamed_fold import StreamedFold
 from trainables.metrics import VAL_METRICS
 from trainables.models import build_model, save_model_dir
 
@@ -150,6 +151,13 @@ def _report_failure(message: str) -> None:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
 
+def _streamed_fold(payload: dict) -> StreamedFold:
+    """A streamed run's fold (``data.streaming``): this worker's shard of the pool, and the whole pool to validate on."""
+    stream = payload["stream"]
+    return StreamedFold(ray.train.get_dataset_shard("train"), ray.train.get_dataset_shard("val"), stream["fold"],
+                        stream["train_rows"], stream["counts"], payload["text_encoder"].pad_id, len(payload["meta"]["classes"]))
+
+
 def _train_fold(config: dict) -> None:
     import sklearn.metrics  # noqa: F401  trainables.metrics imports it lazily: load it before the first epoch's clock
     payload = config["payload"]
@@ -160,7 +168,7 @@ def _train_fold(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(max(1, int(train_cfg.torch_threads or train_cfg.cpus_per_worker)))
     _seed_everything(config["seed"])
-    data: FoldData = payload["data"]
+    data = payload["data"] if "data" in payload else _streamed_fold(payload)
     model = build_model(model_cfg, data.num_classes, payload["text_encoder"], classes=payload["meta"]["classes"])
     device = ray.train.torch.get_device()
     if world > 1:

@@ -44,6 +44,9 @@ def print_summary(summary, console: Console) -> None:
     m = summary.test_metrics
     if m:
         console.print(f"test: accuracy {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}  micro-F1 {m['micro_f1']:.4f}  weighted-F1 {m['weighted_f1']:.4f}", soft_wrap=True)
+    if summary.report is None:  # a streamed run
+        console.print(f"artifacts: {summary.run.root}/ (manifest.json, folds/*/model, predictions/ Parquet of OOF and test)", soft_wrap=True)
+        return
     console.print(f"artifacts: {summary.run.root}/ (manifest.json, folds/*/model, test/ report with badcases.csv)", soft_wrap=True)
     print_stage_table(summary.comparison, console)
     console.print(f"report: {summary.report}", soft_wrap=True)

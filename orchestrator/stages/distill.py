@@ -175,7 +175,7 @@ def train_cross(cfg: ExperimentConfig, run: RunDir, dataset: Dataset, teacher_lo
     encoder = build_text_encoder(cfg.model, dataset.train.texts, stop_words)
     hook = TeacherDistillation(teacher_logits, dcfg.loss, dcfg.temperature, dcfg.alpha, dataset.multilabel, dcfg.teacher_mix)
     payload = {"data": student_data(dataset, encoder, train_idx, val_idx), "text_encoder": encoder,
-               "meta": model_meta(cfg, dataset), "hooks": [hook]}
+               "meta": model_meta(cfg, dataset.classes, dataset.multilabel), "hooks": [hook]}
     shutil.rmtree(run.ray_run(RAY_NAME), ignore_errors=True)  # Ray Train would resume an earlier student's run
     trainer = build_torch_trainer(cfg, run, RAY_NAME, ray.put(payload), run.stage_dir("distill"))
     collect_fold(trainer.fit(), 0, run.stage_dir("distill"), started,
@@ -193,7 +193,7 @@ def train_self(cfg: ExperimentConfig, dataset: Dataset, teacher_dir: Path, teach
     student, history = self_distill(
         teacher, dcfg.student_layers, student_data(dataset, encoder, train_idx, val_idx), cfg.train, dcfg.intermediate, dcfg.loss, dcfg.temperature, dcfg.alpha,
         teacher_logits, dcfg.teacher_mix, cfg.seed, "cuda" if torch.cuda.is_available() else "cpu")
-    save_model_dir(folder / "model", student, encoder, ModelConfig.model_validate(meta["model"]), model_meta(cfg, dataset))
+    save_model_dir(folder / "model", student, encoder, ModelConfig.model_validate(meta["model"]), model_meta(cfg, dataset.classes, dataset.multilabel))
     settings = {**settings, "student": f"{len(dcfg.student_layers)} of {teacher.encoder.config.num_hidden_layers} layers"}
     record_fold(folder, 0, history, time.perf_counter() - started, settings)
 

@@ -59,13 +59,12 @@ def prepare_folds(cfg: ExperimentConfig, dataset: Dataset) -> dict:
     encoder = build_text_encoder(cfg.model, dataset.train.texts, stop_words)
     pool, plan = fold_plan(dataset, cfg.cv.folds, cfg.seed)
     return {"ids": encoder.encode(pool.texts), "labels": label_array(pool.labels, len(dataset.classes), dataset.multilabel),
-            "plan": plan, "encoder": encoder, "meta": model_meta(cfg, dataset)}
+            "plan": plan, "encoder": encoder, "meta": model_meta(cfg, dataset.classes, dataset.multilabel)}
 
 
-def model_meta(cfg: ExperimentConfig, dataset: Dataset) -> dict:
+def model_meta(cfg: ExperimentConfig, classes: list[str], multilabel: bool) -> dict:
     """What a model directory records besides weights: classes and how to read outputs."""
-    return {"classes": dataset.classes, "multilabel": dataset.multilabel, "threshold": cfg.train.threshold,
-            "experiment": cfg.name}
+    return {"classes": classes, "multilabel": multilabel, "threshold": cfg.train.threshold, "experiment": cfg.name}
 
 
 # Seconds between the Ray Train controller's polls of its workers (Ray's default: 2). A poll also
@@ -80,10 +79,12 @@ HEALTH_CHECK_INTERVAL_S = 0.25
 
 
 def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, name: str, payload_ref: Any, folder: Path,
-                        callbacks: Sequence = (), resume_from: Optional[str] = None):
+                        callbacks: Sequence = (), resume_from: Optional[str] = None, pool: Any = None):
     """A TorchTrainer for one fold, stored as the Ray run ``name`` (``run.ray_run(name)``); its worker
-    writes TensorBoard scalars live into ``folder``/tensorboard/, where collect_fold puts the rest."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    writes TensorBoard scalars live into ``folder``/tensorboard/, where collect_fold puts the rest.
+    ``pool`` (a streamed run's Ray Dataset) reaches the workers as two shards: "train" split
+    across them, "val" whole (trainables/streamed_fold.py)."""
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     # read by TorchTrainer.fit() here and passed on to its controller actor (Ray Train V2 propagates
@@ -106,6 +107,7 @@ def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, name: str, payload_r
             checkpoint_config=CheckpointConfig(num_to_keep=1),
             failure_config=FailureConfig(max_failures=2),
         ),
+        **({"datasets": {"train": pool, "val": pool}, "dataset_config": DataConfig(datasets_to_split=["train"])} if pool is not None else {}),
     )
 
 

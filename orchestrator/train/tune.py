@@ -156,13 +156,21 @@ def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> Non
         tune.report({cfg.tune.metric: done.best[cfg.tune.metric], "fold": fold, "best_epoch": done.best["epoch"],
                      "fold_train_time_s": done.train_time_s, "done": 1, "reused": 1})
         return
-    train_idx, val_idx = shared["plan"][fold]
-    data = fold_data(shared["ids"], shared["labels"], train_idx, val_idx, shared["encoder"], len(shared["meta"]["classes"]), shared["meta"]["multilabel"])
-    payload = {"data": data, "text_encoder": shared["encoder"], "meta": shared["meta"]}
+    pool = shared.get("pool")  # data.streaming: the workers read their fold from Ray Data shards
+    if pool is not None:
+        counts = pool.train_counts(fold)
+        payload = {"stream": {"fold": fold, "train_rows": sum(counts), "counts": counts}, "text_encoder": pool.encoder,
+                   "meta": shared["meta"]}
+    else:
+        train_idx, val_idx = shared["plan"][fold]
+        data = fold_data(shared["ids"], shared["labels"], train_idx, val_idx, shared["encoder"], len(shared["meta"]["classes"]),
+                         shared["meta"]["multilabel"])
+        payload = {"data": data, "text_encoder": shared["encoder"], "meta": shared["meta"]}
     started = time.perf_counter()
     resume_from = shared["resume_from"][fold] if shared.get("resume_from") else None
     trainer = build_torch_trainer(cfg, run, f"trial_{trial_id}", ray.put(payload), run.trial_dir(trial_id),
-                                  callbacks=[TuneReportCallback()], resume_from=resume_from)
+                                  callbacks=[TuneReportCallback()], resume_from=resume_from,
+                                  pool=pool.dataset if pool is not None else None)
     hparams = {f"{section}.{k}": v for section in ("model", "train") for k, v in getattr(cfg, section).model_dump(mode="json").items()}
     fitted = trainer.fit()
     if failure(fitted) is not None:  # the same error on every retry: the trial ends, select_best says why

@@ -1,0 +1,281 @@
+"""The training data as a Ray Data dataset (``data.streaming``): read, checked, labelled, split into
+folds and tokenized on the cluster, kept in the object store (spilled to disk past its budget). The
+driver holds only counts: the classes, rows per fold and class, and a small model's vocabulary.
+
+Folds come from a per-row rule, so no process ever needs the whole table: a row's 64-bit hash of
+(seed, cleaned text) as a number u in [0, 1) picks its place: u < test_fraction -> the test split
+(fold -1) when no test file is given, else fold floor(K * (u - test_fraction) / (1 - test_fraction)).
+Hashes are uniform and independent of the label, so every fold holds each class in the share the data
+does, up to sampling noise (stratified in expectation: ``class_share_spread`` measures it), and
+identical texts always share a fold (a duplicate never sits on both sides of a fold). With one fold,
+val_fraction of the rows (by the same u) validate and the rest (fold 1) only train.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from orchestrator.config import ConfigError, DataConfig, ExperimentConfig
+from orchestrator.data import DataError, class_labels, clean_text, existing_file, format_of, label_name, load_stop_words
+from trainables.text.base import TextEncoder
+
+STREAM_FORMATS = ("csv", "tsv", "jsonl", "parquet")
+# data.streaming: auto streams a training file of at least this many rows (estimated; docs/benchmarks.md, data_scale)
+AUTO_ROWS = 2_000_000
+TEST_FOLD = -1
+BATCH_ROWS = 4096  # rows per map_batches call
+
+
+def streaming(cfg: ExperimentConfig) -> bool:
+    """Whether this run streams its data (``data.streaming``; auto: a training file of AUTO_ROWS rows or more)."""
+    data = cfg.data
+    if data.streaming != "auto":
+        return data.streaming == "on"
+    if data.source is not None:
+        return False
+    file = Path(data.train)
+    fmt = data.format if data.format != "auto" else (format_of(file) if file.is_file() else None)
+    return fmt in STREAM_FORMATS and estimated_rows(file, fmt) >= AUTO_ROWS
+
+
+def estimated_rows(file: Path, fmt: str) -> int:
+    """Parquet: the footer's row count; text formats: file size / mean line length of the first MiB."""
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        return pq.ParquetFile(file).metadata.num_rows
+    with open(file, "rb") as handle:
+        head = handle.read(1 << 20)
+    return int(file.stat().st_size / max(1, len(head) / max(1, head.count(b"\n"))))
+
+
+def check_streaming(cfg: ExperimentConfig) -> None:
+    """What streaming does not do (yet), refused before anything runs, one line each."""
+    data = cfg.data
+    why = None
+    if data.source is not None:
+        why = f"data.source={data.source!r} is an in-memory set; streaming reads data.train files"
+    elif data.multilabel:
+        why = "data.multilabel: streamed runs are single-label"
+    elif cfg.train.sampler == "weighted":
+        why = "train.sampler: weighted samples from the whole fold; use bucket or random"
+    elif cfg.distill.enabled:
+        why = "distill.enabled: the student trains on the teachers' logits of an in-memory pool"
+    elif cfg.prune.mode != "none":
+        why = f"prune.mode: {cfg.prune.mode} measures importance on the in-memory pool"
+    elif cfg.export.onnx or cfg.export.hf:
+        why = "export: its parity checks read the in-memory evaluation split"
+    elif cfg.train.tune_thresholds:
+        why = "train.tune_thresholds: thresholds are tuned on in-memory OOF predictions"
+    if why is not None:
+        raise ConfigError(f"data.streaming: on cannot be combined with {why} (set data.streaming: off)")
+    for key in ("train", "val", "test"):
+        path = getattr(data, key)
+        if path:
+            fmt = data.format if data.format != "auto" else format_of(existing_file(path, f"data.{key}"))
+            if fmt not in STREAM_FORMATS:
+                raise ConfigError(f"data.streaming: data.{key} is {fmt}; streaming reads {', '.join(STREAM_FORMATS)}")
+
+
+@dataclass
+class StreamedPool:
+    """The tokenized rows (columns text, ids, label, fold, key) and what the driver knows of them."""
+
+    dataset: Any                        # ray.data.MaterializedDataset
+    classes: list[str]
+    counts: dict[int, list[int]]        # fold (-1: test) -> rows per class
+    encoder: TextEncoder
+    sources: list[str] = field(default_factory=list)
+
+    def rows(self, fold: Optional[int] = None) -> int:
+        return sum(sum(c) for f, c in self.counts.items() if fold is None or f == fold)
+
+    def pool_rows(self) -> int:
+        return sum(sum(c) for f, c in self.counts.items() if f != TEST_FOLD)
+
+    def train_counts(self, fold: int) -> list[int]:
+        """Rows per class that train fold ``fold`` (every pooled row outside it)."""
+        per = [c for f, c in self.counts.items() if f not in (fold, TEST_FOLD)]
+        return np.sum(per, axis=0).astype(int).tolist() if per else [0] * len(self.classes)
+
+    def class_share_spread(self) -> float:
+        """Largest gap between a class's share in one fold and its share in the pool (0 = exactly stratified)."""
+        pooled = {f: np.asarray(c, float) for f, c in self.counts.items() if f != TEST_FOLD}
+        total = np.sum(list(pooled.values()), axis=0)
+        return float(max(np.abs(c / max(c.sum(), 1) - total / total.sum()).max() for c in pooled.values()))
+
+
+def _read(path: str, setting: str, data: DataConfig):
+    """One file as a Ray Data dataset of two string columns, text and label (checked against its schema)."""
+    import pyarrow as pa
+    import pyarrow.csv as pa_csv
+    import ray.data
+
+    file = existing_file(path, setting)
+    fmt = data.format if data.format != "auto" else format_of(file)
+    wanted = [data.text_column, data.label_column]
+    if fmt in ("csv", "tsv"):
+        ds = ray.data.read_csv(str(file), file_extensions=None,
+                               parse_options=pa_csv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", newlines_in_values=True),
+                               convert_options=pa_csv.ConvertOptions(column_types={c: pa.string() for c in wanted}))
+    elif fmt == "jsonl":
+        ds = ray.data.read_json(str(file), lines=True, file_extensions=None)
+    else:
+        ds = ray.data.read_parquet(str(file), file_extensions=None)
+    columns = _guarded(lambda: ds.schema().names, f"{file}: cannot be read as {fmt} ({setting})")
+    missing = [c for c in wanted if c not in columns]
+    if missing:
+        key = "data.text_column" if data.text_column in missing else "data.label_column"
+        raise DataError(f"{file}: no column '{missing[0]}' ({key}); columns: {', '.join(columns)}")
+    return ds.select_columns(wanted), str(file)
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The error Ray wrapped (a DataError raised in a map task, a reader's parse error)."""
+    while getattr(exc, "cause", None) is not None or exc.__cause__ is not None:
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return exc
+
+
+def _guarded(run, what: str):
+    """``run()`` (a Ray Data action); a DataError raised on a row comes back as itself, any other
+    failure as a DataError naming ``what`` with the first line of its cause."""
+    try:
+        return run()
+    except DataError:
+        raise
+    except Exception as exc:
+        inner = _innermost(exc)
+        if isinstance(inner, DataError):
+            raise DataError(str(inner)) from None
+        raise DataError(f"{what}: {(str(inner).strip().splitlines() or [type(inner).__name__])[0]}") from None
+
+
+class _Labelled:
+    """map_batches: clean texts, name labels, hash rows to folds (module docstring); bad rows raise DataError."""
+
+    def __init__(self, data: DataConfig, source: str, index: Optional[dict[str, int]], folds: int, seed: int,
+                 fixed_fold: Optional[int] = None, val_fraction: float = 0.0):
+        self.data, self.source, self.index, self.folds, self.fixed_fold = data, source, index, folds, fixed_fold
+        self.val_fraction, self.hash_key = val_fraction, f"{seed:016d}"[-16:]
+
+    def __call__(self, batch):
+        import pandas as pd
+
+        text_col, label_col = self.data.text_column, self.data.label_column
+        texts = [clean_text(t, self.data.clean) if isinstance(t, str) else t for t in batch[text_col]]
+        for t, raw in zip(texts, batch[text_col]):
+            if not isinstance(t, str) or not t.strip():
+                raise DataError(f"{self.source}: a row's column '{text_col}' has no text (got {raw!r:.60})")
+        names = []
+        for value in batch[label_col]:
+            name = label_name(value.item() if hasattr(value, "item") else value)
+            if not name:
+                raise DataError(f"{self.source}: column '{label_col}': {value!r:.60} is not a label name or an integer id")
+            names.append(name)
+        out = pd.DataFrame({"text": texts, "name": names})
+        key = pd.util.hash_pandas_object(out["text"], index=False, hash_key=self.hash_key).to_numpy(np.uint64)
+        out["key"] = key.astype(np.int64)  # the bits as a signed column: Parquet and pandas keep int64 whole
+        if self.fixed_fold is not None:
+            out["fold"] = self.fixed_fold
+        else:
+            out["fold"] = fold_of(key, self.folds, self.data.test_fraction if not self.data.test else 0.0, self.val_fraction)
+        if self.index is not None:
+            unknown = [n for n in names if n not in self.index]
+            if unknown:
+                raise DataError(f"{self.source}: column '{label_col}': label {unknown[0]!r} does not occur in the training data")
+            out["label"] = [self.index[n] for n in names]
+        return out
+
+
+def fold_of(key: np.ndarray, folds: int, test_fraction: float, val_fraction: float) -> np.ndarray:
+    """Each row's fold from its 64-bit hash (module docstring): -1 test, 0..K-1; with K = 1, 0 validates
+    and 1 only trains."""
+    u = (key >> np.uint64(11)).astype(np.float64) / float(1 << 53)  # the top 53 bits: exact in a double
+    rest = np.clip((u - test_fraction) / (1.0 - test_fraction), 0.0, np.nextafter(1.0, 0.0))
+    fold = (rest * folds).astype(np.int64) if folds > 1 else np.where(rest < val_fraction, 0, 1)
+    return np.where(u < test_fraction, TEST_FOLD, fold)
+
+
+class _Tokenized:
+    """map_batches: token ids of the cleaned texts (the run's encoder)."""
+
+    def __init__(self, encoder: TextEncoder):
+        self.encoder = encoder
+
+    def __call__(self, batch):
+        batch["ids"] = [np.asarray(x, dtype=np.int32) for x in self.encoder.encode(list(batch["text"]))]
+        return batch
+
+
+def _token_counts(tokenize):
+    """map_batches: (token, n) of the batch's training rows, for the distributed vocabulary count."""
+    import pandas as pd
+
+    def count(batch):
+        counts = Counter(t for text, fold in zip(batch["text"], batch["fold"]) if fold != TEST_FOLD for t in tokenize(text))
+        return pd.DataFrame({"token": list(counts), "n": list(counts.values())})
+    return count
+
+
+def build_encoder(cfg: ExperimentConfig, labelled) -> TextEncoder:
+    """A pretrained model's tokenizer, or a small model's vocabulary counted by Ray Data (a groupby
+    over per-batch counts): the same vocabulary ``VocabTextEncoder.build`` makes from the same rows."""
+    from trainables.text.encoders import build_text_encoder
+    from trainables.text.vocab import PAD, UNK, VocabTextEncoder
+
+    stop_words = load_stop_words(cfg.data.stop_words) if cfg.data.stop_words else []
+    if cfg.model.kind != "small":
+        return build_text_encoder(cfg.model, [], stop_words)
+    model = cfg.model
+    empty = VocabTextEncoder([PAD, UNK], model.tokens, model.max_length, stop_words)
+    table = (labelled.map_batches(_token_counts(empty.tokenize), batch_format="pandas", batch_size=BATCH_ROWS)
+             .groupby("token").sum("n").to_pandas())
+    counts = dict(zip(table["token"], table["sum(n)"]))
+    kept = sorted((t for t, c in counts.items() if c >= model.min_freq and t not in empty.stoi), key=lambda t: (-counts[t], t))
+    return VocabTextEncoder([PAD, UNK] + kept[: max(0, model.vocab_size - 2)], model.tokens, model.max_length, stop_words)
+
+
+def stream_pool(cfg: ExperimentConfig) -> StreamedPool:
+    """Read, check, label, fold and tokenize the data on the cluster (Ray must be up); raises DataError
+    with one line before anything is written. The files are read three times (class count, vocabulary
+    count, the tokenized pool) so that only the final pool is ever held in the object store."""
+    data, k = cfg.data, cfg.cv.folds
+    train_ds, train_source = _read(data.train, "data.train", data)
+    if data.max_rows:
+        train_ds = train_ds.limit(data.max_rows)
+    # train rows: hashed folds; with one fold and no val file, val_fraction of them validate (fold 0)
+    files = [(train_ds, train_source, None, data.val_fraction if k == 1 and not data.val else 0.0)]
+    if data.val:  # pooled into the folds, or with one fold the validation rows themselves
+        files.append((*_read(data.val, "data.val", data), 0 if k == 1 else None, 0.0))
+    if data.test:
+        files.append((*_read(data.test, "data.test", data), TEST_FOLD, 0.0))
+    names = _guarded(lambda: train_ds.map_batches(_Labelled(data, train_source, None, k, cfg.seed), batch_format="pandas",
+                                                  batch_size=BATCH_ROWS).groupby("name").count().to_pandas(), train_source)
+    labels = class_labels(data, [[n] for n in names["name"]], train_source)
+    parts = [ds.map_batches(_Labelled(data, source, labels.index, k, cfg.seed, fold, vf), batch_format="pandas",
+                            batch_size=BATCH_ROWS).drop_columns(["name"]) for ds, source, fold, vf in files]
+    labelled = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    encoder = _guarded(lambda: build_encoder(cfg, labelled), train_source)
+    pool = _guarded(lambda: labelled.map_batches(_Tokenized(encoder), batch_format="pandas", batch_size=BATCH_ROWS).materialize(),
+                    train_source)
+    grouped = pool.groupby(["fold", "label"]).count().to_pandas()
+    counts: dict[int, list[int]] = {}
+    for fold, label, n in zip(grouped["fold"], grouped["label"], grouped["count()"]):
+        counts.setdefault(int(fold), [0] * len(labels.classes))[int(label)] = int(n)
+    _check_folds(counts, k, labels.classes, train_source)
+    return StreamedPool(pool, labels.classes, counts, encoder, [source for _, source, _, _ in files])
+
+
+def _check_folds(counts: dict[int, list[int]], k: int, classes: list[str], source: str) -> None:
+    folds = range(k) if k > 1 else (0,)
+    for fold in folds:
+        if fold not in counts:
+            raise DataError(f"{source}: fold {fold} of {k} got no rows (too few rows for cv.folds={k})")
+    empty = [classes[c] for c in range(len(classes)) if sum(counts[f][c] for f in counts if f != TEST_FOLD) == 0]
+    if empty:
+        raise DataError(f"{source}: class '{empty[0]}' has no training rows")
