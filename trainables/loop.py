@@ -174,6 +174,7 @@ class Trainer:
         self.best_weights: Optional[dict[str, torch.Tensor]] = None
         self.val_logits: Optional[np.ndarray] = None       # of the latest evaluate()
         self.best_val_logits: Optional[np.ndarray] = None  # of the best epoch: its out-of-fold predictions
+        self.val_gold = self.best_val_gold = None           # the labels validation returned with them
         self._started = False
         self.on_step: Callable[[int, float], None] = lambda *_: None
 
@@ -256,7 +257,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Validation loss and metrics (val_*) of the current (or averaged) weights."""
         logits, gold = self.data.validation(self.raw_model, self.cfg.eval_batch_size, self.device)
-        self.val_logits = logits
+        self.val_logits, self.val_gold = logits, gold
         labels = torch.tensor(gold, dtype=torch.float32 if self.data.multilabel else torch.long)  # copy: object-store arrays are read-only
         loss = self.state.loss_fn(torch.as_tensor(logits), labels).item()
         scores = compute_metrics(gold, probabilities(logits, self.data.multilabel), self.data.multilabel, self.cfg.threshold)
@@ -270,7 +271,7 @@ class Trainer:
         if improved:
             self.fit_state.best_score, self.fit_state.best_epoch, self.fit_state.bad_epochs = score, epoch, 0
             self.best_weights = {k: v.detach().cpu().clone() for k, v in self.raw_model.state_dict().items()}
-            self.best_val_logits = self.val_logits
+            self.best_val_logits, self.best_val_gold = self.val_logits, self.val_gold
         else:
             self.fit_state.bad_epochs += 1
         return improved
@@ -288,6 +289,7 @@ class Trainer:
             "fit_state": copy.deepcopy(vars(self.fit_state)),
             "best_weights": self.best_weights,
             "best_val_logits": self.best_val_logits,
+            "best_val_gold": self.best_val_gold,
             "rng": {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "started": self._started,
@@ -304,6 +306,7 @@ class Trainer:
         self.fit_state = FitState(**state["fit_state"])
         self.best_weights = state["best_weights"]
         self.best_val_logits = state.get("best_val_logits")
+        self.best_val_gold = state.get("best_val_gold")
         self._started = state["started"]
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])

@@ -31,6 +31,7 @@ TRAIN_STATE = "train_state.pt"
 BEST_DIR = "best"
 HISTORY_FILE = "history.json"
 VAL_LOGITS = "val_logits.npy"  # the best epoch's logits on the fold's validation rows (out-of-fold)
+OOF_FILE = "oof.parquet"        # a streamed fold's: its validation rows' keys, labels and predictions
 FAILED = "failed"  # the key of a worker's report that its fold raised (train_fold_worker)
 FAILURE_NOTE = "failed_rank.json"  # in the fold's Ray run folder: a rank's error, for the ranks of the next attempt
 
@@ -49,7 +50,9 @@ def write_checkpoint(directory: Path, trainer: Trainer, payload: dict, model_cfg
     """train_state.pt (exact resume) + best/ (the best model so far, loadable on its own) +
     history.json and val_logits.npy (what the driver reads without loading the training state)."""
     torch.save(trainer.state_dict(), directory / TRAIN_STATE)
-    if trainer.best_val_logits is not None:
+    if trainer.best_val_logits is not None and isinstance(trainer.data, StreamedFold):
+        trainer.data.write_oof(directory / OOF_FILE, trainer.best_val_logits, trainer.best_val_gold)
+    elif trainer.best_val_logits is not None:
         np.save(directory / VAL_LOGITS, trainer.best_val_logits)
     fit = trainer.fit_state
     atomic_write_text(directory / HISTORY_FILE, json.dumps({"history": fit.history, "best_epoch": fit.best_epoch, "steps": fit.steps}))

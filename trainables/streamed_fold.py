@@ -9,12 +9,15 @@ so DDP's all-reduce never waits on a rank that ran out: a short rank repeats its
 batches, a long one stops. Validation iterates the unsplit pool and keeps the fold's rows.
 
 Columns of the pool (``orchestrator/stream/source.py``): ``ids`` (token ids), ``label`` (class id),
-``fold`` (0..K-1, or -1 for test rows).
+``fold`` (0..K-1, or -1 for test rows), ``key`` (the row's hash). The best epoch's validation
+predictions are the fold's out-of-fold rows: ``write_oof`` puts them in the checkpoint as Parquet.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -38,6 +41,7 @@ class StreamedFold:
     pad_id: int
     num_classes: int
     multilabel: bool = False
+    val_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # of the latest validation pass
 
     def class_counts(self) -> list[int]:
         return list(self.counts)
@@ -74,26 +78,46 @@ class StreamedFold:
             order = now[np.argsort([len(ids[r]) for r in now], kind="stable")] if by_length else now
             cuts = [order[i : i + size] for i in range(0, len(order), size)]
             for j in rng.permutation(len(cuts)):
-                yield [x.tolist() for x in ids[cuts[j]]], labels[cuts[j]], None
+                yield list(ids[cuts[j]]), labels[cuts[j]], None
             ids, labels = ids[rest], labels[rest]
         if len(ids):
-            yield [x.tolist() for x in ids], labels, None
+            yield list(ids), labels, None
 
     def validation(self, model: nn.Module, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-        """(logits, labels) of the fold's rows, each read batch sorted by length before it is scored."""
+        """(logits, labels) of the fold's rows in the order of their keys (the same every epoch, whatever
+        order the blocks came in); their keys stay in ``val_keys`` for ``write_oof``."""
         was_training = model.training
         model.eval()
-        logits, gold = [], []
+        logits, gold, keys = [], [], []
         with torch.no_grad():
             for part in self.val_shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
                 keep = part["fold"] == self.fold
-                ids = part["ids"][keep]
-                if not len(ids):
+                if not keep.any():
                     continue
-                batch = collate([x.tolist() for x in ids], None, self.pad_id)
+                batch = collate(list(part["ids"][keep]), None, self.pad_id)
                 logits.append(model(**{k: v.to(device) for k, v in batch.items()}).float().cpu().numpy())
                 gold.append(part["label"][keep])
+                keys.append(part["key"][keep])
         model.train(was_training)
         if not logits:
+            self.val_keys = np.zeros(0, dtype=np.int64)
             return np.zeros((0, self.num_classes), dtype=np.float32), np.zeros(0, dtype=np.int64)
-        return np.concatenate(logits), np.concatenate(gold)
+        keys = np.concatenate(keys)
+        order = np.argsort(keys, kind="stable")
+        self.val_keys = keys[order]
+        return np.concatenate(logits)[order], np.concatenate(gold)[order]
+
+    def write_oof(self, path: Path, logits: np.ndarray, gold: np.ndarray) -> None:
+        """The fold's out-of-fold predictions (key, label, fold, pred, probs) as one Parquet file, atomically."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from trainables.metrics import probabilities
+
+        probs = probabilities(logits, False).astype(np.float32)
+        table = pa.table({"key": self.val_keys, "label": np.asarray(gold, dtype=np.int64),
+                          "fold": np.full(len(gold), self.fold, dtype=np.int64), "pred": probs.argmax(1),
+                          "probs": pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1)), max(1, probs.shape[1]))})
+        tmp = path.with_name(f".{path.name}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)

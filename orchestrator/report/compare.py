@@ -44,6 +44,10 @@ def run_artifacts(run: RunDir) -> list[Artifact]:
 def stage_comparison(run: RunDir, log: Optional[Callable[[str], object]] = None) -> list[dict]:
     """A row per artifact of the run (keys: ``COLUMNS``). ONNX rows take the parameter count of the
     torch row they were exported from (int8 stores the same parameters in fewer bytes)."""
+    if not run.has_split(run.evaluation_split_name) or not run.evaluation_split().texts:
+        if log:  # K folds pool val into training: only a test split is left to measure on
+            log("compare: skipped: the run has no evaluation split (set data.test or data.test_fraction)")
+        return []
     rows, params = [], {}
     for artifact in run_artifacts(run):
         if log:

@@ -53,7 +53,7 @@ def run_streamed(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
     metric = cfg.train.metric
     run.update("train", "done", key=cfg.train_key(), folds=len(outcome.folds), best_config=outcome.best_config,
                metrics={f"fold{r.fold}_val_{metric}": r.best[f"val_{metric}"] for r in outcome.folds})
-    scores = predict_pool(run, pool, [r.model_dir for r in outcome.folds], parallel=max(1, min(cfg.cv.parallel or 1, 2)))
+    scores = predict_pool(run, pool, outcome.folds, parallel=max(1, min(cfg.cv.parallel or 1, 2)))
     ensemble = {"kind": "best_config", "why": "data.streaming: selection needs every config's OOF logits in memory",
                 "members": len(outcome.folds)}
     run.update("evaluate", "done", key=cfg.ensemble_key(), result={**scores, "ensemble": ensemble},

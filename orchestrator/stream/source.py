@@ -28,6 +28,7 @@ STREAM_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 AUTO_ROWS = 2_000_000
 TEST_FOLD = -1
 BATCH_ROWS = 4096  # rows per map_batches call
+COUNT_PARTITIONS = 4  # of the counting groupby: its result is a few thousand rows (a vocabulary)
 
 
 def streaming(cfg: ExperimentConfig) -> bool:
@@ -134,25 +135,33 @@ def _read(path: str, setting: str, data: DataConfig):
     return ds.select_columns(wanted), str(file)
 
 
-def _innermost(exc: BaseException) -> BaseException:
-    """The error Ray wrapped (a DataError raised in a map task, a reader's parse error)."""
-    while getattr(exc, "cause", None) is not None or exc.__cause__ is not None:
-        exc = getattr(exc, "cause", None) or exc.__cause__
-    return exc
+def _data_error(exc: BaseException) -> Optional[DataError]:
+    """The DataError a map task raised on a row, from Ray's wrapping of it (its cause chain, or the
+    remote traceback it carries as text)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DataError):
+            return exc
+        for line in reversed(str(exc).splitlines()):
+            if line.startswith(f"{DataError.__module__}.DataError: "):
+                return DataError(line.split(": ", 1)[1])
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return None
 
 
 def _guarded(run, what: str):
     """``run()`` (a Ray Data action); a DataError raised on a row comes back as itself, any other
-    failure as a DataError naming ``what`` with the first line of its cause."""
+    failure as a DataError naming ``what`` with the first line of its message."""
     try:
         return run()
     except DataError:
         raise
     except Exception as exc:
-        inner = _innermost(exc)
-        if isinstance(inner, DataError):
-            raise DataError(str(inner)) from None
-        raise DataError(f"{what}: {(str(inner).strip().splitlines() or [type(inner).__name__])[0]}") from None
+        found = _data_error(exc)
+        if found is not None:
+            raise DataError(str(found)) from None
+        raise DataError(f"{what}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}") from None
 
 
 class _Labelled:
@@ -161,7 +170,7 @@ class _Labelled:
     def __init__(self, data: DataConfig, source: str, index: Optional[dict[str, int]], folds: int, seed: int,
                  fixed_fold: Optional[int] = None, val_fraction: float = 0.0):
         self.data, self.source, self.index, self.folds, self.fixed_fold = data, source, index, folds, fixed_fold
-        self.val_fraction, self.hash_key = val_fraction, f"{seed:016d}"[-16:]
+        self.val_fraction, self.seed = val_fraction, seed
 
     def __call__(self, batch):
         import pandas as pd
@@ -178,7 +187,7 @@ class _Labelled:
                 raise DataError(f"{self.source}: column '{label_col}': {value!r:.60} is not a label name or an integer id")
             names.append(name)
         out = pd.DataFrame({"text": texts, "name": names})
-        key = pd.util.hash_pandas_object(out["text"], index=False, hash_key=self.hash_key).to_numpy(np.uint64)
+        key = row_keys(texts, self.seed)
         out["key"] = key.astype(np.int64)  # the bits as a signed column: Parquet and pandas keep int64 whole
         if self.fixed_fold is not None:
             out["fold"] = self.fixed_fold
@@ -190,6 +199,13 @@ class _Labelled:
                 raise DataError(f"{self.source}: column '{label_col}': label {unknown[0]!r} does not occur in the training data")
             out["label"] = [self.index[n] for n in names]
         return out
+
+
+def row_keys(texts, seed: int) -> np.ndarray:
+    """Each (cleaned) text's 64-bit hash under ``seed`` (pandas' SipHash: the same on every machine)."""
+    import pandas as pd
+
+    return pd.util.hash_pandas_object(pd.Series(list(texts), dtype=object), index=False, hash_key=f"{seed:016d}"[-16:]).to_numpy(np.uint64)
 
 
 def fold_of(key: np.ndarray, folds: int, test_fraction: float, val_fraction: float) -> np.ndarray:
@@ -212,38 +228,41 @@ class _Tokenized:
         return batch
 
 
-def _token_counts(tokenize):
-    """map_batches: (token, n) of the batch's training rows, for the distributed vocabulary count."""
-    import pandas as pd
+class _Counted:
+    """map_batches: the batch's counts as rows (kind, key, n): ("fold", "<file>|<fold>|<label name>") for
+    every row (file: its index in the run's files, 0 = data.train) and, for a small model's vocabulary,
+    ("token", token) over its training rows (fold >= 0)."""
 
-    def count(batch):
-        counts = Counter(t for text, fold in zip(batch["text"], batch["fold"]) if fold != TEST_FOLD for t in tokenize(text))
-        return pd.DataFrame({"token": list(counts), "n": list(counts.values())})
-    return count
+    def __init__(self, labelled: _Labelled, file: int, tokenize=None):
+        self.labelled, self.file, self.tokenize = labelled, file, tokenize
+
+    def __call__(self, batch):
+        import pandas as pd
+
+        rows = self.labelled(batch)
+        counts = Counter(("fold", f"{self.file}|{f}|{n}") for f, n in zip(rows["fold"], rows["name"]))
+        if self.tokenize is not None:
+            counts.update(("token", t) for text, f in zip(rows["text"], rows["fold"]) if f != TEST_FOLD for t in self.tokenize(text))
+        return pd.DataFrame({"kind": [k for k, _ in counts], "key": [v for _, v in counts], "n": list(counts.values())})
 
 
-def build_encoder(cfg: ExperimentConfig, labelled) -> TextEncoder:
-    """A pretrained model's tokenizer, or a small model's vocabulary counted by Ray Data (a groupby
-    over per-batch counts): the same vocabulary ``VocabTextEncoder.build`` makes from the same rows."""
-    from trainables.text.encoders import build_text_encoder
+def _vocabulary(cfg: ExperimentConfig, tokens: dict[str, int], stop_words: list[str]) -> TextEncoder:
+    """The vocabulary ``VocabTextEncoder.build`` makes from the same rows, from their token counts."""
     from trainables.text.vocab import PAD, UNK, VocabTextEncoder
 
-    stop_words = load_stop_words(cfg.data.stop_words) if cfg.data.stop_words else []
-    if cfg.model.kind != "small":
-        return build_text_encoder(cfg.model, [], stop_words)
     model = cfg.model
-    empty = VocabTextEncoder([PAD, UNK], model.tokens, model.max_length, stop_words)
-    table = (labelled.map_batches(_token_counts(empty.tokenize), batch_format="pandas", batch_size=BATCH_ROWS)
-             .groupby("token").sum("n").to_pandas())
-    counts = dict(zip(table["token"], table["sum(n)"]))
-    kept = sorted((t for t, c in counts.items() if c >= model.min_freq and t not in empty.stoi), key=lambda t: (-counts[t], t))
+    kept = sorted((t for t, c in tokens.items() if c >= model.min_freq and t not in (PAD, UNK)), key=lambda t: (-tokens[t], t))
     return VocabTextEncoder([PAD, UNK] + kept[: max(0, model.vocab_size - 2)], model.tokens, model.max_length, stop_words)
 
 
 def stream_pool(cfg: ExperimentConfig) -> StreamedPool:
     """Read, check, label, fold and tokenize the data on the cluster (Ray must be up); raises DataError
-    with one line before anything is written. The files are read three times (class count, vocabulary
-    count, the tokenized pool) so that only the final pool is ever held in the object store."""
+    with one line before anything is written. Two passes over the files: one counts (rows per fold and
+    label name, and a small model's tokens: a distributed groupby), one labels, tokenizes and keeps
+    the pool in the object store, the only copy of the data that is ever held."""
+    from trainables.text.encoders import build_text_encoder
+    from trainables.text.vocab import PAD, UNK, VocabTextEncoder
+
     data, k = cfg.data, cfg.cv.folds
     train_ds, train_source = _read(data.train, "data.train", data)
     if data.max_rows:
@@ -254,20 +273,31 @@ def stream_pool(cfg: ExperimentConfig) -> StreamedPool:
         files.append((*_read(data.val, "data.val", data), 0 if k == 1 else None, 0.0))
     if data.test:
         files.append((*_read(data.test, "data.test", data), TEST_FOLD, 0.0))
-    names = _guarded(lambda: train_ds.map_batches(_Labelled(data, train_source, None, k, cfg.seed), batch_format="pandas",
-                                                  batch_size=BATCH_ROWS).groupby("name").count().to_pandas(), train_source)
-    labels = class_labels(data, [[n] for n in names["name"]], train_source)
-    parts = [ds.map_batches(_Labelled(data, source, labels.index, k, cfg.seed, fold, vf), batch_format="pandas",
-                            batch_size=BATCH_ROWS).drop_columns(["name"]) for ds, source, fold, vf in files]
-    labelled = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    encoder = _guarded(lambda: build_encoder(cfg, labelled), train_source)
+    stop_words = load_stop_words(data.stop_words) if data.stop_words else []
+    tokenize = VocabTextEncoder([PAD, UNK], cfg.model.tokens, cfg.model.max_length, stop_words).tokenize if cfg.model.kind == "small" else None
+    counted = [ds.map_batches(_Counted(_Labelled(data, source, None, k, cfg.seed, fold, vf), i, tokenize), batch_format="pandas",
+                              batch_size=BATCH_ROWS) for i, (ds, source, fold, vf) in enumerate(files)]
+    union = counted[0].union(*counted[1:]) if len(counted) > 1 else counted[0]
+    table = _guarded(lambda: union.groupby(["kind", "key"], num_partitions=COUNT_PARTITIONS).sum("n").to_pandas(), train_source)
+    per_fold = [(int(file), int(fold), name, int(n)) for kind, key, n in zip(table["kind"], table["key"], table["sum(n)"])
+                if kind == "fold" for file, fold, name in [key.split("|", 2)]]
+    labels = class_labels(data, [[name] for file, _, name, _ in per_fold if file == 0], train_source)
+    counts: dict[int, list[int]] = {}
+    for file, fold, name, n in sorted(per_fold):
+        if name not in labels.index:
+            raise DataError(f"{files[file][1]}: column '{data.label_column}': label {name!r} {labels.unknown}")
+        counts.setdefault(fold, [0] * len(labels.classes))[labels.index[name]] += n
+    _check_folds(counts, k, labels.classes, train_source)
+    if tokenize is not None:
+        encoder = _vocabulary(cfg, {key: int(n) for kind, key, n in zip(table["kind"], table["key"], table["sum(n)"]) if kind == "token"},
+                              stop_words)
+    else:
+        encoder = build_text_encoder(cfg.model, [], stop_words)
+    parts = [ds.map_batches(_Labelled(data, source, labels.index, k, cfg.seed, fold, vf), batch_format="pandas", batch_size=BATCH_ROWS)
+             for ds, source, fold, vf in files]
+    labelled = (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]).drop_columns(["name"])
     pool = _guarded(lambda: labelled.map_batches(_Tokenized(encoder), batch_format="pandas", batch_size=BATCH_ROWS).materialize(),
                     train_source)
-    grouped = pool.groupby(["fold", "label"]).count().to_pandas()
-    counts: dict[int, list[int]] = {}
-    for fold, label, n in zip(grouped["fold"], grouped["label"], grouped["count()"]):
-        counts.setdefault(int(fold), [0] * len(labels.classes))[int(label)] = int(n)
-    _check_folds(counts, k, labels.classes, train_source)
     return StreamedPool(pool, labels.classes, counts, encoder, [source for _, source, _, _ in files])
 
 

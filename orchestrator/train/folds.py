@@ -25,7 +25,7 @@ from orchestrator.train.cluster import use_gpu
 from orchestrator.train.errors import TrainingError
 from trainables.atomic import atomic_write_text
 from trainables.loop import FoldData, best_row
-from trainables.ray_worker import BEST_DIR, FAILED, FAILURE_NOTE, HISTORY_FILE, TRAIN_STATE, VAL_LOGITS, train_fold_worker
+from trainables.ray_worker import BEST_DIR, FAILED, FAILURE_NOTE, HISTORY_FILE, TRAIN_STATE, OOF_FILE, VAL_LOGITS, train_fold_worker
 from trainables.text.base import TextEncoder
 from trainables.text.encoders import build_text_encoder
 
@@ -151,8 +151,9 @@ def collect_fold(result: Any, fold: int, folder: Path, started: float, hparams: 
         shutil.copytree(Path(ckpt) / BEST_DIR, tmp)
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
-        if (Path(ckpt) / VAL_LOGITS).exists():
-            shutil.copyfile(Path(ckpt) / VAL_LOGITS, folder / VAL_LOGITS)
+        for name in (VAL_LOGITS, OOF_FILE):
+            if (Path(ckpt) / name).exists():
+                shutil.copyfile(Path(ckpt) / name, folder / name)
     return record_fold(folder, fold, history, time.perf_counter() - started, hparams or {}, steps)
 
 
