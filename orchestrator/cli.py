@@ -258,6 +258,14 @@ def cmd_check(args) -> int:
     from orchestrator.validate import validate
 
     cfg = load_config(args.config, _overrides(args.set))
+    from orchestrator.stream.source import TEST_FOLD, streaming
+
+    if streaming(cfg):  # read and checked on Ray Data, as `run` would
+        from orchestrator.stream.run import checked_pool
+
+        pool = checked_pool(cfg)
+        console.print(f"{args.config}: ok ({len(pool.classes)} classes; pool {pool.pool_rows()}, test {pool.rows(TEST_FOLD)} rows; streamed)")
+        return 0
     dataset = validate(cfg)
     sizes = ", ".join(f"{name} {len(split.texts)}" for name in ("train", "val", "test") if (split := getattr(dataset, name)))
     console.print(f"{args.config}: ok ({len(dataset.classes)} classes; {sizes} rows)")

@@ -70,3 +70,23 @@ def test_torch_and_onnx_models_score_alike_and_are_timed_together(tmp_path):
     rates = best_rates({name: (lambda m=model, x=ids[name]: m.fold_logits(x, 4)) for name, model in models.items()},
                        len(sample), passes=2)
     assert set(rates) == set(models) and all(r > 0 for r in rates.values())
+
+
+def test_stage_comparison_skips_a_run_without_an_evaluation_split(smoke_run, tmp_path):
+    """K folds pool val into training: with no test split there is nothing to measure on (it crashed:
+    a division by zero timing zero texts)."""
+    import shutil
+
+    from orchestrator.data import Split
+    from orchestrator.report.compare import stage_comparison
+    from orchestrator.rundir import RunDir
+
+    root = tmp_path / "run"
+    shutil.copytree(smoke_run.run.root, root, symlinks=True)
+    run = RunDir(root)
+    if run.has_split("test"):
+        run.split_path("test").unlink()
+    run.save_split("val", Split([], []), smoke_run.run.stage("data")["classes"], False)
+    said = []
+    assert stage_comparison(run, log=said.append) == []
+    assert said == ["compare: skipped: the run has no evaluation split (set data.test or data.test_fraction)"]

@@ -63,7 +63,7 @@ def test_streaming_switch_auto_and_refusals(tmp_path):
 def _pool(ray, rows: int = 500):
     rng = np.random.default_rng(0)
     lengths = rng.integers(1, 40, rows)
-    frame = pd.DataFrame({"ids": [np.arange(2, 2 + n, dtype=np.int32) for n in lengths], "label": rng.integers(0, 2, rows),
+    frame = pd.DataFrame({"ids": [np.arange(2, 2 + n, dtype=np.int32) for n in lengths], "length": lengths, "label": rng.integers(0, 2, rows),
                           "fold": rng.integers(-1, 3, rows), "key": rng.permutation(rows)})
     return ray.data.from_pandas(frame).repartition(7).materialize(), frame
 

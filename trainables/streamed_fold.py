@@ -9,7 +9,7 @@ so DDP's all-reduce never waits on a rank that ran out: a short rank repeats its
 batches, a long one stops. Validation iterates the unsplit pool and keeps the fold's rows.
 
 Columns of the pool (``orchestrator/stream/source.py``): ``ids`` (token ids), ``label`` (class id),
-``fold`` (0..K-1, or -1 for test rows), ``key`` (the row's hash). The best epoch's validation
+``fold`` (0..K-1, or -1 for test rows), ``key`` (the row's hash), ``length`` (of ``ids``). The best epoch's validation
 predictions are the fold's out-of-fold rows: ``write_oof`` puts them in the checkpoint as Parquet.
 """
 from __future__ import annotations
@@ -67,19 +67,20 @@ class StreamedFold:
         """Batches of ``size`` rows (of similar length when ``by_length``), window by window; rows that do
         not fill a batch (a random few) carry over into the next window, the very last ones form a smaller batch."""
         window = size * WINDOW_BATCHES
-        ids, labels = np.empty(0, dtype=object), np.empty(0, dtype=np.int64)
+        ids, labels, lengths = np.empty(0, dtype=object), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64)
         parts = self.train_shard.iter_batches(batch_size=window, batch_format="numpy", local_shuffle_buffer_size=window,
                                               local_shuffle_seed=int(rng.integers(2**31)))
         for part in parts:
             keep = (part["fold"] >= 0) & (part["fold"] != self.fold)
             ids, labels = np.concatenate([ids, part["ids"][keep]]), np.concatenate([labels, part["label"][keep]])
+            lengths = np.concatenate([lengths, part["length"][keep]])
             shuffled = rng.permutation(len(ids))  # the rows left over are random ones, not the longest
             now, rest = shuffled[: len(ids) // size * size], shuffled[len(ids) // size * size :]
-            order = now[np.argsort([len(ids[r]) for r in now], kind="stable")] if by_length else now
+            order = now[np.argsort(lengths[now], kind="stable")] if by_length else now
             cuts = [order[i : i + size] for i in range(0, len(order), size)]
             for j in rng.permutation(len(cuts)):
                 yield list(ids[cuts[j]]), labels[cuts[j]], None
-            ids, labels = ids[rest], labels[rest]
+            ids, labels, lengths = ids[rest], labels[rest], lengths[rest]
         if len(ids):
             yield list(ids), labels, None
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Optional
 from orchestrator.config import ConfigError, ExperimentConfig
 from orchestrator.rundir import RunDir
 from orchestrator.stream.predictions import predict_pool
-from orchestrator.stream.source import check_streaming, stream_pool
+from orchestrator.stream.source import StreamedPool, check_streaming, stream_pool
 from orchestrator.train.cluster import check_fits, init_ray
 from orchestrator.train.folds import model_meta
 from orchestrator.train.tune import config_count, tune_folds
@@ -24,6 +24,17 @@ if TYPE_CHECKING:
     from orchestrator.report.live import RunView
 
 
+def checked_pool(cfg: ExperimentConfig, address: Optional[str] = None) -> StreamedPool:
+    """Every check of a streamed run (``run`` and ``check``), the data's included: the settings, then
+    the pool built on Ray (started, or joined at ``address``)."""
+    check_extras(cfg)
+    check_streaming(cfg)
+    check_settings(cfg)
+    init_ray(address)
+    check_fits(cfg)
+    return stream_pool(cfg)
+
+
 def run_streamed(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False, address: Optional[str] = None,
                  log=print, watch: Optional["RunView"] = None) -> "RunSummary":
     """Train and predict with the data on Ray Data; DataError/ConfigError before anything is written."""
@@ -31,12 +42,7 @@ def run_streamed(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
 
     if resume:
         raise ConfigError("--resume: a streamed run (data.streaming) starts over; run it again with --overwrite")
-    check_extras(cfg)
-    check_streaming(cfg)
-    check_settings(cfg)
-    init_ray(address)
-    check_fits(cfg)
-    pool = stream_pool(cfg)  # every row read and checked: only now is anything written
+    pool = checked_pool(cfg, address)  # every row read and checked: only now is anything written
     run = RunDir.create(cfg, overwrite=overwrite)
     if watch is not None:
         watch.attach(run)

@@ -72,6 +72,10 @@ def check_streaming(cfg: ExperimentConfig) -> None:
         why = "export: its parity checks read the in-memory evaluation split"
     elif cfg.train.tune_thresholds:
         why = "train.tune_thresholds: thresholds are tuned on in-memory OOF predictions"
+    elif cfg.tracking.mlflow:
+        why = "tracking.mlflow: a streamed run is not tracked yet"
+    elif cfg.serve.enabled:
+        why = "serve.enabled: a streamed run does not serve at its end yet"
     if why is not None:
         raise ConfigError(f"data.streaming: on cannot be combined with {why} (set data.streaming: off)")
     for key in ("train", "val", "test"):
@@ -218,13 +222,14 @@ def fold_of(key: np.ndarray, folds: int, test_fraction: float, val_fraction: flo
 
 
 class _Tokenized:
-    """map_batches: token ids of the cleaned texts (the run's encoder)."""
+    """map_batches: token ids of the cleaned texts (the run's encoder) and their count."""
 
     def __init__(self, encoder: TextEncoder):
         self.encoder = encoder
 
     def __call__(self, batch):
         batch["ids"] = [np.asarray(x, dtype=np.int32) for x in self.encoder.encode(list(batch["text"]))]
+        batch["length"] = batch["ids"].map(len).astype(np.int32)  # lets a worker bucket a window without a loop
         return batch
 
 
