@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 from orchestrator.config import ExperimentConfig
@@ -18,28 +16,16 @@ from orchestrator.evaluate.evaluation import evaluate_run
 from orchestrator.report.compare import stage_comparison
 from orchestrator.report.html import write_html_report
 from orchestrator.rundir import SPLITS, RunDir
+from orchestrator.summary import RunSummary
 from orchestrator.stages.runner import run_stages
 from orchestrator.train.cluster import check_fits, init_ray
-from orchestrator.train.folds import FoldResult, fold_checkpoints, load_fold_result, prepare_folds
+from orchestrator.train.folds import fold_checkpoints, load_fold_result, prepare_folds
 from orchestrator.train.tune import config_count, tune_folds
 from orchestrator.validate import validate
 
 if TYPE_CHECKING:
     from orchestrator.report.live import RunView
     from orchestrator.report.tracking import Tracker
-
-
-@dataclass
-class RunSummary:
-    run: RunDir
-    folds: list[FoldResult]
-    test_metrics: dict
-    oof_metrics: Optional[dict]
-    trials: list[dict]
-    stages: dict
-    comparison: list[dict]  # report.compare.stage_comparison rows
-    report: Optional[Path]  # report.html (None for a streamed run)
-    ensemble: dict          # evaluation's "ensemble": how the run's ensemble was chosen
 
 
 def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False,

@@ -52,6 +52,9 @@ def test_streaming_switch_auto_and_refusals(tmp_path):
     big = tmp_path / "big.csv"
     big.write_text("sentence,label\n" + "a fine review,positive\n" * 50_000)
     assert abs(estimated_rows(big, "csv") - 50_001) < 100
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"not parquet at all")
+    assert not streaming(with_overrides(cfg, {"data.train": str(broken)}))  # auto leaves the error to the reader's one line
     for overrides, message in [({"data.multilabel": True, "train.loss": "bce"}, "data.multilabel: streamed runs are single-label"),
                                ({"distill.enabled": True}, "distill.enabled"),
                                ({"train.sampler": "weighted"}, "train.sampler: weighted"),
@@ -150,6 +153,7 @@ def test_a_streamed_k3_run_predicts_every_row_once_within_noise_of_the_in_memory
 @pytest.mark.parametrize("content, message", [
     ("review,label\ngood,positive\n", r"train\.csv: no column 'sentence' \(data\.text_column\); columns: review, label"),
     ("sentence,label\ngood,positive\n,negative\n", r"train\.csv: a row's column 'sentence' has no text"),
+    ("sentence,label\n\"unclosed,positive\n", r"train\.csv: cannot be read as csv \(data\.train\): "),
 ])
 def test_bad_streamed_input_is_one_line_before_anything_is_written(ray_session, tmp_path, content, message):
     from orchestrator.pipeline import run_experiment

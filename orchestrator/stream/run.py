@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Optional
 from orchestrator.config import ConfigError, ExperimentConfig
 from orchestrator.rundir import RunDir
 from orchestrator.stream.predictions import predict_pool
+from orchestrator.summary import RunSummary
 from orchestrator.stream.source import StreamedPool, check_streaming, stream_pool
 from orchestrator.train.cluster import check_fits, init_ray
 from orchestrator.train.folds import model_meta
@@ -20,7 +21,6 @@ from orchestrator.train.tune import config_count, tune_folds
 from orchestrator.validate import check_extras, check_settings
 
 if TYPE_CHECKING:
-    from orchestrator.pipeline import RunSummary
     from orchestrator.report.live import RunView
 
 
@@ -36,10 +36,8 @@ def checked_pool(cfg: ExperimentConfig, address: Optional[str] = None) -> Stream
 
 
 def run_streamed(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False, address: Optional[str] = None,
-                 log=print, watch: Optional["RunView"] = None) -> "RunSummary":
+                 log=print, watch: Optional["RunView"] = None) -> RunSummary:
     """Train and predict with the data on Ray Data; DataError/ConfigError before anything is written."""
-    from orchestrator.pipeline import RunSummary
-
     if resume:
         raise ConfigError("--resume: a streamed run (data.streaming) starts over; run it again with --overwrite")
     pool = checked_pool(cfg, address)  # every row read and checked: only now is anything written

@@ -39,8 +39,11 @@ def streaming(cfg: ExperimentConfig) -> bool:
     if data.source is not None:
         return False
     file = Path(data.train)
-    fmt = data.format if data.format != "auto" else (format_of(file) if file.is_file() else None)
-    return fmt in STREAM_FORMATS and estimated_rows(file, fmt) >= AUTO_ROWS
+    try:
+        fmt = data.format if data.format != "auto" else format_of(file)
+        return fmt in STREAM_FORMATS and estimated_rows(file, fmt) >= AUTO_ROWS
+    except Exception:  # unreadable, unknown or broken: the in-memory reader names the problem in its one line
+        return False
 
 
 def estimated_rows(file: Path, fmt: str) -> int:
@@ -123,14 +126,16 @@ def _read(path: str, setting: str, data: DataConfig):
     file = existing_file(path, setting)
     fmt = data.format if data.format != "auto" else format_of(file)
     wanted = [data.text_column, data.label_column]
-    if fmt in ("csv", "tsv"):
-        ds = ray.data.read_csv(str(file), file_extensions=None,
-                               parse_options=pa_csv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", newlines_in_values=True),
-                               convert_options=pa_csv.ConvertOptions(column_types={c: pa.string() for c in wanted}))
-    elif fmt == "jsonl":
-        ds = ray.data.read_json(str(file), lines=True, file_extensions=None)
-    else:
-        ds = ray.data.read_parquet(str(file), file_extensions=None)
+    def reader():
+        if fmt in ("csv", "tsv"):
+            return ray.data.read_csv(str(file), file_extensions=None,
+                                     parse_options=pa_csv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", newlines_in_values=True),
+                                     convert_options=pa_csv.ConvertOptions(column_types={c: pa.string() for c in wanted}))
+        if fmt == "jsonl":
+            return ray.data.read_json(str(file), lines=True, file_extensions=None)
+        return ray.data.read_parquet(str(file), file_extensions=None)
+
+    ds = _guarded(reader, f"{file}: cannot be read as {fmt} ({setting})")
     columns = _guarded(lambda: ds.schema().names, f"{file}: cannot be read as {fmt} ({setting})")
     missing = [c for c in wanted if c not in columns]
     if missing:
@@ -165,7 +170,15 @@ def _guarded(run, what: str):
         found = _data_error(exc)
         if found is not None:
             raise DataError(str(found)) from None
-        raise DataError(f"{what}: {(str(exc).strip().splitlines() or [type(exc).__name__])[0]}") from None
+        chain, seen = [], set()
+        while exc is not None and id(exc) not in seen:  # Ray's wrappers, down to the reader's own error
+            seen.add(id(exc))
+            chain.append(exc)
+            exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+        arrow = [e for e in chain if type(e).__module__.startswith("pyarrow")]
+        inner = (arrow or chain)[-1]
+        first = next((line.strip() for line in str(inner).splitlines() if line.strip()), type(inner).__name__)
+        raise DataError(f"{what}: {first}") from None
 
 
 class _Labelled:
