@@ -111,6 +111,14 @@ def test_streamed_ranks_run_the_same_number_of_batches(ray_session):
     assert counts == {0: math.ceil(train_rows / 2 / 8), 1: math.ceil(train_rows / 2 / 8)}  # ranks' rows differ: padded or cut
 
 
+def test_a_rank_without_training_rows_says_so(ray_session):
+    ds, frame = _pool(ray_session, 50)
+    only_test = ray_session.data.from_pandas(frame.assign(fold=-1)).materialize()
+    fold = StreamedFold(only_test.iterator(), None, 0, 40, [0, 0], 0, 2)
+    with pytest.raises(ValueError, match="fold 0: rank 0 of 1 got no training rows"):
+        list(fold.train_batches(TrainConfig(batch_size=8), seed=0, epoch=0))
+
+
 def _parquet(folder: Path) -> pd.DataFrame:
     import pyarrow.parquet as pq
 

@@ -60,6 +60,8 @@ class StreamedFold:
                 first.append(batch)
             done += 1
             yield batch
+        if not first:  # not one training row of this fold reached this rank
+            raise ValueError(f"fold {self.fold}: rank {rank} of {world} got no training rows; use fewer train.num_workers")
         for k in range(total - done):  # this rank's share came out short: pad as DistributedSampler does
             yield first[k % len(first)]
 
