@@ -107,19 +107,14 @@ _EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".json": "json", ".jsonl": "jsonl",
 def _read_rows(path: str, setting: str, cfg: DataConfig) -> _Rows:
     """The text and label columns of the file given as `setting` (data.train, ...)."""
     file = existing_file(path, setting)
-    fmt = format_of(file) if cfg.format == "auto" else cfg.format
-    wanted = {"data.text_column": cfg.text_column, "data.label_column": cfg.label_column}
+    fmt = data_format(cfg, file)
     try:
-        n_rows, available, columns = _read_columns(file, fmt, list(wanted.values()))
+        n_rows, available, columns = _read_columns(file, fmt, [cfg.text_column, cfg.label_column])
     except pa.ArrowException as exc:
         raise DataError(f"{file}: cannot parse as {fmt}: {_parse_problem(file, fmt, exc)}") from None
     if n_rows == 0:
         raise DataError(f"{file}: no data rows")
-    for setting, column in wanted.items():
-        if column not in columns:
-            close = difflib.get_close_matches(column, available, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise DataError(f"{file}: no column '{column}' ({setting}); columns are: {', '.join(available)}{hint}")
+    check_columns(file, available, cfg)
     return _Rows(str(file), columns[cfg.text_column], columns[cfg.label_column], _locator(file, fmt),
                  cfg.text_column, cfg.label_column)
 
@@ -140,6 +135,20 @@ def existing_file(path: str, setting: str) -> Path:
     if file.stat().st_size == 0:
         raise DataError(f"{file}: the file is empty ({setting})")
     return file
+
+
+def check_columns(file: Path, available: Sequence[str], cfg: DataConfig) -> None:
+    """The text and label columns are among the file's ``available`` ones, else a DataError naming the key."""
+    for setting, column in {"data.text_column": cfg.text_column, "data.label_column": cfg.label_column}.items():
+        if column not in available:
+            close = difflib.get_close_matches(column, available, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise DataError(f"{file}: no column '{column}' ({setting}); columns are: {', '.join(available)}{hint}")
+
+
+def data_format(cfg: DataConfig, file: Path) -> str:
+    """``data.format``, or (auto) the one its extension names."""
+    return format_of(file) if cfg.format == "auto" else cfg.format
 
 
 def format_of(file: Path) -> str:

@@ -159,7 +159,7 @@ def test_a_streamed_k3_run_predicts_every_row_once_within_noise_of_the_in_memory
 
 
 @pytest.mark.parametrize("content, message", [
-    ("review,label\ngood,positive\n", r"train\.csv: no column 'sentence' \(data\.text_column\); columns: review, label"),
+    ("review,label\ngood,positive\n", r"train\.csv: no column 'sentence' \(data\.text_column\); columns are: review, label$"),
     ("sentence,label\ngood,positive\n,negative\n", r"train\.csv: a row's column 'sentence' has no text"),
     ("sentence,label\n\"unclosed,positive\n", r"train\.csv: cannot be read as csv \(data\.train\): "),
 ])

@@ -20,7 +20,7 @@ from typing import Any, Optional
 import numpy as np
 
 from orchestrator.config import ConfigError, DataConfig, ExperimentConfig
-from orchestrator.data import DataError, class_labels, clean_text, existing_file, format_of, label_name, load_stop_words
+from orchestrator.data import DataError, check_columns, class_labels, clean_text, data_format, existing_file, label_name, load_stop_words
 from trainables.text.base import TextEncoder
 
 STREAM_FORMATS = ("csv", "tsv", "jsonl", "parquet")
@@ -40,7 +40,7 @@ def streaming(cfg: ExperimentConfig) -> bool:
         return False
     file = Path(data.train)
     try:
-        fmt = data.format if data.format != "auto" else format_of(file)
+        fmt = data_format(data, file)
         return fmt in STREAM_FORMATS and estimated_rows(file, fmt) >= AUTO_ROWS
     except Exception:  # unreadable, unknown or broken: the in-memory reader names the problem in its one line
         return False
@@ -84,7 +84,7 @@ def check_streaming(cfg: ExperimentConfig) -> None:
     for key in ("train", "val", "test"):
         path = getattr(data, key)
         if path:
-            fmt = data.format if data.format != "auto" else format_of(existing_file(path, f"data.{key}"))
+            fmt = data_format(data, existing_file(path, f"data.{key}"))
             if fmt not in STREAM_FORMATS:
                 raise ConfigError(f"data.streaming: data.{key} is {fmt}; streaming reads {', '.join(STREAM_FORMATS)}")
 
@@ -124,7 +124,7 @@ def _read(path: str, setting: str, data: DataConfig):
     import ray.data
 
     file = existing_file(path, setting)
-    fmt = data.format if data.format != "auto" else format_of(file)
+    fmt = data_format(data, file)
     wanted = [data.text_column, data.label_column]
     def reader():
         if fmt in ("csv", "tsv"):
@@ -136,11 +136,7 @@ def _read(path: str, setting: str, data: DataConfig):
         return ray.data.read_parquet(str(file), file_extensions=None)
 
     ds = _guarded(reader, f"{file}: cannot be read as {fmt} ({setting})")
-    columns = _guarded(lambda: ds.schema().names, f"{file}: cannot be read as {fmt} ({setting})")
-    missing = [c for c in wanted if c not in columns]
-    if missing:
-        key = "data.text_column" if data.text_column in missing else "data.label_column"
-        raise DataError(f"{file}: no column '{missing[0]}' ({key}); columns: {', '.join(columns)}")
+    check_columns(file, _guarded(lambda: ds.schema().names, f"{file}: cannot be read as {fmt} ({setting})"), data)
     return ds.select_columns(wanted), str(file)
 
 
