@@ -184,3 +184,25 @@ def test_a_test_file_label_unseen_in_training_is_named(ray_session, tmp_path):
     with pytest.raises(DataError, match=r"test\.csv: column 'label': label 'neutral' does not occur in the training data"):
         run_experiment(cfg, log=lambda *_: None)
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_streamed_vocabulary_is_the_in_memory_one_and_only_its_top_reaches_the_driver(ray_session, tmp_path, monkeypatch):
+    """Every row carries a token of its own (an id): the distributed count still hands the driver only
+    the counts of the fold rows and of each block's top tokens, and builds VocabTextEncoder.build's vocabulary."""
+    import orchestrator.stream.source as source
+    from trainables.text.vocab import VocabTextEncoder
+
+    rows = pd.read_csv(ROOT / "data" / "example1" / "train.csv").head(3000)
+    rows["sentence"] = [f"{t} id{i}x" for i, t in enumerate(rows["sentence"])]
+    rows.loc[::7, "sentence"] = rows["sentence"][::7] + " 重复"  # a shared token with a tie-prone count
+    rows.to_csv(tmp_path / "train.csv", index=False)
+    cfg = with_overrides(load_config(SMOKE), {"data.streaming": "on", "data.train": str(tmp_path / "train.csv"), "data.val": None,
+                                              "data.max_rows": None, "model.vocab_size": 300, "model.tokens": "word", "cv.folds": 3})
+    seen = []
+    real = source._vocabulary
+    monkeypatch.setattr(source, "_vocabulary", lambda cfg, tokens, stop: seen.append(len(tokens)) or real(cfg, tokens, stop))
+    pool = source.stream_pool(cfg)
+    texts = [clean_text(t, cfg.data.clean) for t in rows["sentence"]]
+    built = VocabTextEncoder.build(texts, "word", cfg.model.max_length, 300, cfg.model.min_freq)
+    assert pool.encoder.itos == built.itos and len(built.itos) == 300
+    assert seen[0] < 300 * 8  # the blocks' top 298 each, not the 3,000+ distinct tokens

@@ -88,19 +88,21 @@ class StreamedFold:
 
     def validation(self, model: nn.Module, batch_size: int, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
         """(logits, labels) of the fold's rows in the order of their keys (the same every epoch, whatever
-        order the blocks came in); their keys stay in ``val_keys`` for ``write_oof``."""
+        order the blocks came in); their keys stay in ``val_keys`` for ``write_oof``. Batches of
+        ``batch_size`` rows of similar length (sorted inside windows), as ``predict_logits`` does in memory."""
         was_training = model.training
         model.eval()
         logits, gold, keys = [], [], []
         with torch.no_grad():
-            for part in self.val_shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
-                keep = part["fold"] == self.fold
-                if not keep.any():
-                    continue
-                batch = collate(list(part["ids"][keep]), None, self.pad_id)
-                logits.append(model(**{k: v.to(device) for k, v in batch.items()}).float().cpu().numpy())
-                gold.append(part["label"][keep])
-                keys.append(part["key"][keep])
+            for part in self.val_shard.iter_batches(batch_size=batch_size * WINDOW_BATCHES, batch_format="numpy"):
+                keep = np.flatnonzero(part["fold"] == self.fold)
+                keep = keep[np.argsort(part["length"][keep], kind="stable")]
+                for start in range(0, len(keep), batch_size):
+                    rows = keep[start : start + batch_size]
+                    batch = collate(list(part["ids"][rows]), None, self.pad_id)
+                    logits.append(model(**{k: v.to(device) for k, v in batch.items()}).float().cpu().numpy())
+                    gold.append(part["label"][rows])
+                    keys.append(part["key"][rows])
         model.train(was_training)
         if not logits:
             self.val_keys = np.zeros(0, dtype=np.int64)

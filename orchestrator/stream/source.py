@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any, Optional
 
@@ -254,14 +255,33 @@ class _Counted:
         import pandas as pd
 
         rows = self.labelled(batch)
-        counts = Counter(("fold", f"{self.file}|{f}|{n}") for f, n in zip(rows["fold"], rows["name"]))
-        if self.tokenize is not None:
-            counts.update(("token", t) for text, f in zip(rows["text"], rows["fold"]) if f != TEST_FOLD for t in self.tokenize(text))
-        return pd.DataFrame({"kind": [k for k, _ in counts], "key": [v for _, v in counts], "n": list(counts.values())})
+        folds = Counter(f"{self.file}|{f}|{n}" for f, n in zip(rows["fold"], rows["name"]))
+        tokens = Counter(chain.from_iterable(self.tokenize(text) for text, f in zip(rows["text"], rows["fold"]) if f != TEST_FOLD)
+                         if self.tokenize is not None else ())
+        return pd.DataFrame({"kind": ["fold"] * len(folds) + ["token"] * len(tokens), "key": [*folds, *tokens],
+                             "n": [*folds.values(), *tokens.values()]})
+
+
+class _Kept:
+    """map_batches over the counting groupby's blocks: every ("fold", ...) count, and of the tokens only
+    the block's ``keep`` most frequent seen ``min_freq`` times (ties by the token string). A token sits in
+    one block after the groupby, so the blocks' tops hold the overall top: the driver gets a few
+    thousand rows however many distinct tokens the data has (an id in every text: one each)."""
+
+    def __init__(self, keep: int, min_freq: int, special: tuple[str, ...]):
+        self.keep, self.min_freq, self.special = keep, min_freq, special
+
+    def __call__(self, batch):
+        import pandas as pd
+
+        tokens = batch[(batch["kind"] == "token") & (batch["n"] >= self.min_freq) & ~batch["key"].isin(self.special)]
+        top = tokens.sort_values(["n", "key"], ascending=[False, True], kind="stable").head(self.keep)
+        return pd.concat([batch[batch["kind"] == "fold"], top])
 
 
 def _vocabulary(cfg: ExperimentConfig, tokens: dict[str, int], stop_words: list[str]) -> TextEncoder:
-    """The vocabulary ``VocabTextEncoder.build`` makes from the same rows, from their token counts."""
+    """The vocabulary ``VocabTextEncoder.build`` makes from the same rows, from their token counts
+    (the counts of at least every token it keeps)."""
     from trainables.text.vocab import PAD, UNK, VocabTextEncoder
 
     model = cfg.model
@@ -292,8 +312,12 @@ def stream_pool(cfg: ExperimentConfig) -> StreamedPool:
     counted = [ds.map_batches(_Counted(_Labelled(data, source, None, k, cfg.seed, fold, vf), i, tokenize), batch_format="pandas",
                               batch_size=BATCH_ROWS) for i, (ds, source, fold, vf) in enumerate(files)]
     union = counted[0].union(*counted[1:]) if len(counted) > 1 else counted[0]
-    table = _guarded(lambda: union.groupby(["kind", "key"], num_partitions=COUNT_PARTITIONS).sum("n").to_pandas(), train_source)
-    per_fold = [(int(file), int(fold), name, int(n)) for kind, key, n in zip(table["kind"], table["key"], table["sum(n)"])
+    from ray.data.aggregate import Sum
+
+    kept = _Kept(max(0, cfg.model.vocab_size - 2), cfg.model.min_freq, (PAD, UNK))
+    table = _guarded(lambda: union.groupby(["kind", "key"], num_partitions=COUNT_PARTITIONS).aggregate(Sum("n", alias_name="n"))
+                     .map_batches(kept, batch_format="pandas", batch_size=None).to_pandas(), train_source)
+    per_fold = [(int(file), int(fold), name, int(n)) for kind, key, n in zip(table["kind"], table["key"], table["n"])
                 if kind == "fold" for file, fold, name in [key.split("|", 2)]]
     labels = class_labels(data, [[name] for file, _, name, _ in per_fold if file == 0], train_source)
     counts: dict[int, list[int]] = {}
@@ -303,7 +327,7 @@ def stream_pool(cfg: ExperimentConfig) -> StreamedPool:
         counts.setdefault(fold, [0] * len(labels.classes))[labels.index[name]] += n
     _check_folds(counts, k, labels.classes, train_source)
     if tokenize is not None:
-        encoder = _vocabulary(cfg, {key: int(n) for kind, key, n in zip(table["kind"], table["key"], table["sum(n)"]) if kind == "token"},
+        encoder = _vocabulary(cfg, {key: int(n) for kind, key, n in zip(table["kind"], table["key"], table["n"]) if kind == "token"},
                               stop_words)
     else:
         encoder = build_text_encoder(cfg.model, [], stop_words)

@@ -101,7 +101,8 @@ class VocabTextEncoder:
 
     def tokenize(self, text: str) -> list[str]:
         """Tokens of one text, stop words removed, not truncated."""
-        return [t for t in TOKENIZERS[self.tokens](text) if t not in self.stop_words]
+        tokens = TOKENIZERS[self.tokens](text)
+        return [t for t in tokens if t not in self.stop_words] if self.stop_words else tokens
 
     def encode(self, texts: Sequence[str]) -> list[list[int]]:
         unk, get = self.unk_id, self.stoi.get
