@@ -144,7 +144,23 @@ def main() -> None:
         out["throughput_ratio_streaming_vs_memory"] = {
             r: round(streamed[r]["rows_per_s"] / results["memory"][r]["rows_per_s"], 3)
             for r in streamed if r in results["memory"] and results["memory"][r]["exit_code"] == 0 and streamed[r]["exit_code"] == 0}
+    out["targets"] = targets(out, results, args.object_store_fraction)
     write_result("data_scale", out, args.out)
+
+
+def targets(out: dict, results: dict, store_fraction: float) -> dict:
+    """The issue's three targets, from the runs: streamed driver RSS flat (<= 1.2x from the smallest
+    count to the largest), streamed throughput at 1M >= 0.8x in memory, and the streamed runs' peak
+    machine memory growing by no more than the object store's budget."""
+    streamed = {int(r): v for r, v in results.get("streaming", {}).items() if v["exit_code"] == 0}
+    total = int(next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal:")).split()[1]) * 1024
+    store_mb = round(store_fraction * total / 2**20)
+    growth = streamed[max(streamed)]["machine_peak_used_mb"] - streamed[min(streamed)]["machine_peak_used_mb"] if streamed else None
+    at_1m = out.get("throughput_ratio_streaming_vs_memory", {}).get("1000000")
+    return {"driver_rss_ratio_at_most_1.2": out.get("ratio") is not None and out["ratio"] <= 1.2,
+            "throughput_at_1M_at_least_0.8": at_1m is not None and at_1m >= 0.8,
+            "object_store_budget_mb": store_mb, "streamed_machine_peak_growth_mb": growth,
+            "machine_peak_growth_within_store_budget": growth is not None and growth <= store_mb}
 
 
 if __name__ == "__main__":

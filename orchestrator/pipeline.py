@@ -7,7 +7,6 @@ Each step records its status and cache key in manifest.json. Ray is started (or 
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import TYPE_CHECKING, Callable, Optional
 
@@ -20,7 +19,7 @@ from orchestrator.summary import RunSummary
 from orchestrator.stages.runner import run_stages
 from orchestrator.train.cluster import check_fits, init_ray
 from orchestrator.train.folds import fold_checkpoints, load_fold_result, prepare_folds
-from orchestrator.train.tune import config_count, tune_folds
+from orchestrator.train.tune import train_stage
 from orchestrator.validate import validate
 
 if TYPE_CHECKING:
@@ -91,16 +90,9 @@ def _train_and_report(cfg: ExperimentConfig, run: RunDir, dataset, resume: bool,
         results = [load_fold_result(run.fold_dir(k), k) for k in range(cfg.cv.folds)]
         trials = json.loads(run.trials_json.read_text())["trials"]
     else:
-        log(f"training {cfg.cv.folds} fold(s) x {config_count(cfg.tune)} config(s) of "
-            f"{cfg.model.kind}:{cfg.model.arch if cfg.model.kind == 'small' else cfg.model.name} on {len(shared['ids'])} texts")
-        run.update("train", "running", key=key)
-        with watch.training(cfg) if watch is not None else contextlib.nullcontext([]) as callbacks:
-            callbacks = [*callbacks, *(tracker.tune_callbacks() if tracker else [])]
-            outcome = tune_folds(cfg, run, shared, resume=resume, log=log, callbacks=callbacks)
+        outcome = train_stage(cfg, run, shared, f"{len(shared['ids'])} texts", resume=resume, log=log, watch=watch,
+                              callbacks=tracker.tune_callbacks() if tracker else ())
         results, trials = outcome.folds, outcome.trials
-        metric = cfg.train.metric
-        run.update("train", "done", key=key, folds=len(results), best_config=outcome.best_config,
-                   metrics={f"fold{r.fold}_val_{metric}": r.best[f"val_{metric}"] for r in results})
 
     if cached and run.stage("evaluate").get("key") == cfg.ensemble_key():
         evaluation = run.stage("evaluate")["result"]

@@ -7,7 +7,6 @@ ensemble is the best config's K folds and it ends at its predictions (check_stre
 """
 from __future__ import annotations
 
-import contextlib
 from typing import TYPE_CHECKING, Optional
 
 from orchestrator.config import ConfigError, ExperimentConfig
@@ -17,7 +16,7 @@ from orchestrator.summary import RunSummary
 from orchestrator.stream.source import StreamedPool, check_streaming, stream_pool
 from orchestrator.train.cluster import check_fits, init_ray
 from orchestrator.train.folds import model_meta
-from orchestrator.train.tune import config_count, tune_folds
+from orchestrator.train.tune import train_stage
 from orchestrator.validate import check_extras, check_settings
 
 if TYPE_CHECKING:
@@ -49,14 +48,7 @@ def run_streamed(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = 
                sizes={"pool": pool.pool_rows(), "test": pool.rows(-1)}, fold_rows={str(f): sum(c) for f, c in sorted(pool.counts.items())},
                class_share_spread=pool.class_share_spread())
     shared = {"pool": pool, "meta": model_meta(cfg, pool.classes, False), "resume_from": None}
-    log(f"training {cfg.cv.folds} fold(s) x {config_count(cfg.tune)} config(s) of "
-        f"{cfg.model.kind}:{cfg.model.arch if cfg.model.kind == 'small' else cfg.model.name} on {pool.pool_rows()} streamed texts")
-    run.update("train", "running", key=cfg.train_key())
-    with watch.training(cfg) if watch is not None else contextlib.nullcontext([]) as callbacks:
-        outcome = tune_folds(cfg, run, shared, log=log, callbacks=callbacks)
-    metric = cfg.train.metric
-    run.update("train", "done", key=cfg.train_key(), folds=len(outcome.folds), best_config=outcome.best_config,
-               metrics={f"fold{r.fold}_val_{metric}": r.best[f"val_{metric}"] for r in outcome.folds})
+    outcome = train_stage(cfg, run, shared, f"{pool.pool_rows()} streamed texts", log=log, watch=watch)
     scores = predict_pool(run, pool, outcome.folds, parallel=max(1, min(cfg.cv.parallel or 1, 2)))
     ensemble = {"kind": "best_config", "why": "data.streaming: selection needs every config's OOF logits in memory",
                 "members": len(outcome.folds)}

@@ -13,7 +13,7 @@ val_fraction of the rows (by the same u) validate and the rest (fold 1) only tra
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 from typing import Any, Optional
@@ -98,13 +98,13 @@ class StreamedPool:
     classes: list[str]
     counts: dict[int, list[int]]        # fold (-1: test) -> rows per class
     encoder: TextEncoder
-    sources: list[str] = field(default_factory=list)
 
     def rows(self, fold: Optional[int] = None) -> int:
         return sum(sum(c) for f, c in self.counts.items() if fold is None or f == fold)
 
     def pool_rows(self) -> int:
-        return sum(sum(c) for f, c in self.counts.items() if f != TEST_FOLD)
+        """Rows in the folds (every row but the test split's)."""
+        return self.rows() - self.rows(TEST_FOLD)
 
     def train_counts(self, fold: int) -> list[int]:
         """Rows per class that train fold ``fold`` (every pooled row outside it)."""
@@ -141,18 +141,24 @@ def _read(path: str, setting: str, data: DataConfig):
     return ds.select_columns(wanted), str(file)
 
 
+def _causes(exc: Optional[BaseException]) -> list[BaseException]:
+    """``exc`` and what it wraps: Ray's wrappers (``cause``), then the Python cause/context chain."""
+    chain: list[BaseException] = []
+    while exc is not None and all(exc is not e for e in chain):
+        chain.append(exc)
+        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+    return chain
+
+
 def _data_error(exc: BaseException) -> Optional[DataError]:
     """The DataError a map task raised on a row, from Ray's wrapping of it (its cause chain, or the
     remote traceback it carries as text)."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, DataError):
-            return exc
-        for line in reversed(str(exc).splitlines()):
+    for inner in _causes(exc):
+        if isinstance(inner, DataError):
+            return inner
+        for line in reversed(str(inner).splitlines()):
             if line.startswith(f"{DataError.__module__}.DataError: "):
                 return DataError(line.split(": ", 1)[1])
-        exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
     return None
 
 
@@ -167,13 +173,9 @@ def _guarded(run, what: str):
         found = _data_error(exc)
         if found is not None:
             raise DataError(str(found)) from None
-        chain, seen = [], set()
-        while exc is not None and id(exc) not in seen:  # Ray's wrappers, down to the reader's own error
-            seen.add(id(exc))
-            chain.append(exc)
-            exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
+        chain = _causes(exc)
         arrow = [e for e in chain if type(e).__module__.startswith("pyarrow")]
-        inner = (arrow or chain)[-1]
+        inner = (arrow or chain)[-1]  # the reader's own error, below Ray's wrappers
         first = next((line.strip() for line in str(inner).splitlines() if line.strip()), type(inner).__name__)
         raise DataError(f"{what}: {first}") from None
 
@@ -336,7 +338,7 @@ def stream_pool(cfg: ExperimentConfig) -> StreamedPool:
     labelled = (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]).drop_columns(["name"])
     pool = _guarded(lambda: labelled.map_batches(_Tokenized(encoder), batch_format="pandas", batch_size=BATCH_ROWS).materialize(),
                     train_source)
-    return StreamedPool(pool, labels.classes, counts, encoder, [source for _, source, _, _ in files])
+    return StreamedPool(pool, labels.classes, counts, encoder)
 
 
 def _check_folds(counts: dict[int, list[int]], k: int, classes: list[str], source: str) -> None:

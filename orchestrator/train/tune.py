@@ -11,6 +11,7 @@ accepted (docs/architecture.md).
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import re
@@ -187,6 +188,21 @@ class TuneOutcome:
     best_config: dict
     trials: list[dict]          # one row per config: params, per-fold scores, mean, std, time
     folds: list[FoldResult]     # the best config's fold results, linked as folds/<k>/
+
+
+def train_stage(cfg: ExperimentConfig, run: RunDir, shared: dict, texts: str, resume: bool = False, log=print,
+                watch: Any = None, callbacks: Sequence = ()) -> TuneOutcome:
+    """A run's train stage, in memory or streamed: its log line (``texts``: what trains), the folds under
+    Tune (the live view's callbacks, if ``watch``, and ``callbacks``), the manifest's train entries."""
+    model = cfg.model.arch if cfg.model.kind == "small" else cfg.model.name
+    log(f"training {cfg.cv.folds} fold(s) x {config_count(cfg.tune)} config(s) of {cfg.model.kind}:{model} on {texts}")
+    run.update("train", "running", key=cfg.train_key())
+    with watch.training(cfg) if watch is not None else contextlib.nullcontext([]) as live:
+        outcome = tune_folds(cfg, run, shared, resume=resume, log=log, callbacks=[*live, *callbacks])
+    metric = cfg.train.metric
+    run.update("train", "done", key=cfg.train_key(), folds=len(outcome.folds), best_config=outcome.best_config,
+               metrics={f"fold{r.fold}_val_{metric}": r.best[f"val_{metric}"] for r in outcome.folds})
+    return outcome
 
 
 def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = False, log=print,
