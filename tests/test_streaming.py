@@ -3,6 +3,7 @@ and test predictions written as Parquet. Units on the fold rule and the streamed
 the smoke experiment streamed with K = 3 next to the same run in memory; bad input refused whole."""
 from __future__ import annotations
 
+import json
 import math
 import threading
 from collections import Counter
@@ -206,3 +207,22 @@ def test_the_streamed_vocabulary_is_the_in_memory_one_and_only_its_top_reaches_t
     built = VocabTextEncoder.build(texts, "word", cfg.model.max_length, 300, cfg.model.min_freq)
     assert pool.encoder.itos == built.itos and len(built.itos) == 300
     assert seen[0] < 300 * 8  # the blocks' top 298 each, not the 3,000+ distinct tokens
+
+
+def test_info_on_a_streamed_config_counts_on_ray_data_and_never_reads_the_file_in_memory(ray_session, tmp_path, monkeypatch, capsys):
+    import orchestrator.modelinfo as modelinfo
+    from orchestrator.cli import main
+    from orchestrator.stream.source import count_pool
+    from trainables.models import build_model
+
+    def in_memory(cfg):
+        raise AssertionError("validate() read the data in memory")
+
+    monkeypatch.setattr(modelinfo, "validate", in_memory)
+    cfg = with_overrides(load_config(SMOKE), {"data.streaming": "on"})
+    (tmp_path / "streamed.yaml").write_text(json.dumps(cfg.model_dump(mode="json")))
+    assert main(["info", str(tmp_path / "streamed.yaml")]) == 0
+    counted = count_pool(cfg)
+    params = sum(p.numel() for p in build_model(cfg.model, 2, counted.encoder, classes=counted.classes).parameters())
+    assert counted.classes == ["negative", "positive"] and len(counted.encoder.itos) > 100
+    assert f"model: small:textcnn (TextCNN), 2 classes  parameters: {params:,}" in capsys.readouterr().out

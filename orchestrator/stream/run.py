@@ -13,7 +13,7 @@ from orchestrator.config import ConfigError, ExperimentConfig
 from orchestrator.rundir import RunDir
 from orchestrator.stream.predictions import predict_pool
 from orchestrator.summary import RunSummary
-from orchestrator.stream.source import StreamedPool, check_streaming, stream_pool
+from orchestrator.stream.source import Counted, StreamedPool, check_streaming, count_pool, stream_pool
 from orchestrator.train.cluster import check_fits, init_ray
 from orchestrator.train.folds import model_meta
 from orchestrator.train.tune import train_stage
@@ -23,15 +23,26 @@ if TYPE_CHECKING:
     from orchestrator.report.live import RunView
 
 
-def checked_pool(cfg: ExperimentConfig, address: Optional[str] = None) -> StreamedPool:
-    """Every check of a streamed run (``run`` and ``check``), the data's included: the settings, then
-    the pool built on Ray (started, or joined at ``address``)."""
+def _checked(cfg: ExperimentConfig, address: Optional[str]) -> None:
+    """The settings of a streamed run checked, then Ray started (or joined at ``address``)."""
     check_extras(cfg)
     check_streaming(cfg)
     check_settings(cfg)
     init_ray(address)
     check_fits(cfg)
+
+
+def checked_pool(cfg: ExperimentConfig, address: Optional[str] = None) -> StreamedPool:
+    """Every check of a streamed run (``run`` and ``check``), the data's included: the settings, then
+    the pool built on Ray (started, or joined at ``address``)."""
+    _checked(cfg, address)
     return stream_pool(cfg)
+
+
+def checked_counts(cfg: ExperimentConfig, address: Optional[str] = None) -> Counted:
+    """The same checks and the counting pass only: the classes and the text encoder (``orchestrator info``)."""
+    _checked(cfg, address)
+    return count_pool(cfg)
 
 
 def run_streamed(cfg: ExperimentConfig, resume: bool = False, overwrite: bool = False, address: Optional[str] = None,

@@ -291,11 +291,37 @@ def _vocabulary(cfg: ExperimentConfig, tokens: dict[str, int], stop_words: list[
     return VocabTextEncoder([PAD, UNK] + kept[: max(0, model.vocab_size - 2)], model.tokens, model.max_length, stop_words)
 
 
+@dataclass
+class Counted:
+    """Pass 1's outcome: the files as Ray datasets (dataset, source, fixed fold, val fraction), the
+    classes, rows per fold and class, and the run's text encoder."""
+
+    files: list[tuple]
+    classes: list[str]
+    index: dict[str, int]
+    counts: dict[int, list[int]]
+    encoder: TextEncoder
+
+
 def stream_pool(cfg: ExperimentConfig) -> StreamedPool:
     """Read, check, label, fold and tokenize the data on the cluster (Ray must be up); raises DataError
-    with one line before anything is written. Two passes over the files: one counts (rows per fold and
-    label name, and a small model's tokens: a distributed groupby), one labels, tokenizes and keeps
-    the pool in the object store, the only copy of the data that is ever held."""
+    with one line before anything is written. Two passes over the files: one counts (``count_pool``),
+    one labels, tokenizes and keeps the pool in the object store, the only copy of the data that is
+    ever held."""
+    counted, data, k = count_pool(cfg), cfg.data, cfg.cv.folds
+    parts = [ds.map_batches(_Labelled(data, source, counted.index, k, cfg.seed, fold, vf), batch_format="pandas", batch_size=BATCH_ROWS)
+             for ds, source, fold, vf in counted.files]
+    labelled = (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]).drop_columns(["name"])
+    pool = _guarded(lambda: labelled.map_batches(_Tokenized(counted.encoder), batch_format="pandas", batch_size=BATCH_ROWS).materialize(),
+                    counted.files[0][1])
+    return StreamedPool(pool, counted.classes, counted.counts, counted.encoder)
+
+
+def count_pool(cfg: ExperimentConfig) -> Counted:
+    """Pass 1 (Ray must be up): every row read and checked, counted per (file, fold, label name) and,
+    for a small model, per token (a distributed groupby): the classes, fold sizes and vocabulary."""
+    from ray.data.aggregate import Sum
+
     from trainables.text.encoders import build_text_encoder
     from trainables.text.vocab import PAD, UNK, VocabTextEncoder
 
@@ -314,8 +340,6 @@ def stream_pool(cfg: ExperimentConfig) -> StreamedPool:
     counted = [ds.map_batches(_Counted(_Labelled(data, source, None, k, cfg.seed, fold, vf), i, tokenize), batch_format="pandas",
                               batch_size=BATCH_ROWS) for i, (ds, source, fold, vf) in enumerate(files)]
     union = counted[0].union(*counted[1:]) if len(counted) > 1 else counted[0]
-    from ray.data.aggregate import Sum
-
     kept = _Kept(max(0, cfg.model.vocab_size - 2), cfg.model.min_freq, (PAD, UNK))
     table = _guarded(lambda: union.groupby(["kind", "key"], num_partitions=COUNT_PARTITIONS).aggregate(Sum("n", alias_name="n"))
                      .map_batches(kept, batch_format="pandas", batch_size=None).to_pandas(), train_source)
@@ -333,12 +357,7 @@ def stream_pool(cfg: ExperimentConfig) -> StreamedPool:
                               stop_words)
     else:
         encoder = build_text_encoder(cfg.model, [], stop_words)
-    parts = [ds.map_batches(_Labelled(data, source, labels.index, k, cfg.seed, fold, vf), batch_format="pandas", batch_size=BATCH_ROWS)
-             for ds, source, fold, vf in files]
-    labelled = (parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]).drop_columns(["name"])
-    pool = _guarded(lambda: labelled.map_batches(_Tokenized(encoder), batch_format="pandas", batch_size=BATCH_ROWS).materialize(),
-                    train_source)
-    return StreamedPool(pool, labels.classes, counts, encoder)
+    return Counted(files, labels.classes, labels.index, counts, encoder)
 
 
 def _check_folds(counts: dict[int, list[int]], k: int, classes: list[str], source: str) -> None:
