@@ -36,7 +36,7 @@ class CleanConfig(Section):
 
 class DataConfig(Section):
     source: Optional[Literal["bbc_news"]] = Field(None, description="A built-in data set instead of files: bbc_news (BBC News, 2,225 articles, 5 classes).")
-    train: Optional[str] = Field(None, description="Training file (csv, tsv, json, jsonl or parquet), relative to the YAML file.")
+    train: Optional[str] = Field(None, description="Training file (csv, tsv, json, jsonl or parquet), relative to the YAML file; or a URI (s3://, gs://, file://: a file or, with data.format, a folder) read by Ray Data with data.streaming.")
     val: Optional[str] = Field(None, description="Validation file; when absent a stratified split of train is used.")
     test: Optional[str] = Field(None, description="Test file; when absent and test_fraction > 0 a stratified split of train is used.")
     format: Literal["auto", "csv", "tsv", "json", "jsonl", "parquet", "hf_dataset"] = Field("auto", description="File format; auto picks it from the file extension (a folder: a Hugging Face `datasets` save_to_disk folder).")
@@ -341,7 +341,7 @@ def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) ->
     base = path.resolve().parent
     for key in ("train", "val", "test", "classes_map", "stop_words"):
         value = getattr(cfg.data, key)
-        if value is not None and not Path(value).is_absolute():
+        if value is not None and "://" not in value and not Path(value).is_absolute():  # a URI (s3://...) stays as given
             setattr(cfg.data, key, str(base / value))
     if cfg.serve.token_file and not Path(cfg.serve.token_file).is_absolute():
         cfg.serve.token_file = str(base / cfg.serve.token_file)

@@ -119,7 +119,32 @@ def _read_rows(path: str, setting: str, cfg: DataConfig) -> _Rows:
                  cfg.text_column, cfg.label_column)
 
 
+def is_uri(path: str) -> bool:
+    """A file system URI (s3://, gs://, file://...): read through pyarrow's file systems, streamed only."""
+    return "://" in str(path)
+
+
+def existing_uri(uri: str, setting: str, cfg: DataConfig) -> str:
+    """``uri`` if pyarrow's file system for it finds a file or folder there, else a DataError naming it
+    (a streamed run's reader: Ray Data reads URIs); a folder's format is ``data.format``."""
+    import pyarrow.fs as pa_fs
+
+    try:
+        fs, inner = pa_fs.FileSystem.from_uri(uri)
+        kind = fs.get_file_info(inner).type
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        raise DataError(f"{uri}: cannot be opened ({setting}): {first}") from None
+    if kind == pa_fs.FileType.NotFound:
+        raise DataError(f"{uri}: no such file or folder ({setting})")
+    if kind == pa_fs.FileType.Directory and cfg.format == "auto":
+        raise DataError(f"{uri}: a folder ({setting}); set data.format to the format of its files (csv, tsv, jsonl or parquet)")
+    return uri
+
+
 def existing_file(path: str, setting: str) -> Path:
+    if is_uri(path):
+        raise DataError(f"{path}: a URI ({setting}) is read by Ray Data only: set data.streaming: on")
     file = Path(path)
     if file.is_dir():
         if (file / "dataset_dict.json").is_file():
@@ -146,9 +171,11 @@ def check_columns(file: Path, available: Sequence[str], cfg: DataConfig) -> None
             raise DataError(f"{file}: no column '{column}' ({setting}); columns are: {', '.join(available)}{hint}")
 
 
-def data_format(cfg: DataConfig, file: Path) -> str:
-    """``data.format``, or (auto) the one its extension names."""
-    return format_of(file) if cfg.format == "auto" else cfg.format
+def data_format(cfg: DataConfig, file: Path | str) -> str:
+    """``data.format``, or (auto) the one its extension names (of a path or a URI)."""
+    if cfg.format != "auto":
+        return cfg.format
+    return format_of(Path(file.split("://", 1)[1]) if isinstance(file, str) and is_uri(file) else Path(file))
 
 
 def format_of(file: Path) -> str:

@@ -226,3 +226,30 @@ def test_info_on_a_streamed_config_counts_on_ray_data_and_never_reads_the_file_i
     params = sum(p.numel() for p in build_model(cfg.model, 2, counted.encoder, classes=counted.classes).parameters())
     assert counted.classes == ["negative", "positive"] and len(counted.encoder.itos) > 100
     assert f"model: small:textcnn (TextCNN), 2 classes  parameters: {params:,}" in capsys.readouterr().out
+
+
+def test_a_uri_folder_of_parquet_files_streams_and_a_missing_or_in_memory_uri_is_one_line(ray_session, tmp_path):
+    """data.train as a URI (file:// here; s3:// goes through the same pyarrow file systems): a folder of
+    Parquet files with data.format parquet is read by Ray Data; a URI with nothing there, a folder
+    without data.format, and a URI with streaming off each get one line naming it."""
+    from orchestrator.stream.source import stream_pool
+
+    rows = pd.read_csv(ROOT / "data" / "example1" / "train.csv").head(900)
+    folder = tmp_path / "reviews"
+    folder.mkdir()
+    for part in range(3):
+        rows.iloc[part * 300 : (part + 1) * 300].to_parquet(folder / f"part-{part}.parquet")
+    uri = folder.as_uri()
+    (tmp_path / "exp.yaml").write_text(f"data: {{train: '{uri}', format: parquet, text_column: sentence, label_column: label, streaming: auto}}\n")
+    cfg = with_overrides(load_config(tmp_path / "exp.yaml"), {"cv.folds": 3, "model.kind": "small", "model.arch": "textcnn"})
+    assert cfg.data.train == uri and streaming(cfg)  # kept as given, and a URI streams
+    pool = stream_pool(cfg)
+    assert pool.pool_rows() == 900 and pool.classes == sorted(set(rows["label"]))
+    with pytest.raises(DataError, match=rf"^{uri}/nothing: no such file or folder \(data.train\)$"):
+        stream_pool(with_overrides(cfg, {"data.train": f"{uri}/nothing"}))
+    with pytest.raises(DataError, match=r"a folder \(data.train\); set data.format"):
+        stream_pool(with_overrides(cfg, {"data.format": "auto"}))
+    from orchestrator.validate import validate
+
+    with pytest.raises(DataError, match=r"a URI \(data.train\) is read by Ray Data only: set data.streaming: on$"):
+        validate(with_overrides(cfg, {"data.streaming": "off"}))

@@ -21,7 +21,8 @@ from typing import Any, Optional
 import numpy as np
 
 from orchestrator.config import ConfigError, DataConfig, ExperimentConfig
-from orchestrator.data import DataError, check_columns, class_labels, clean_text, data_format, existing_file, label_name, load_stop_words
+from orchestrator.data import (DataError, check_columns, class_labels, clean_text, data_format, existing_file, existing_uri, is_uri,
+                               label_name, load_stop_words)
 from trainables.text.base import TextEncoder
 
 STREAM_FORMATS = ("csv", "tsv", "jsonl", "parquet")
@@ -39,6 +40,8 @@ def streaming(cfg: ExperimentConfig) -> bool:
         return data.streaming == "on"
     if data.source is not None:
         return False
+    if is_uri(data.train):  # s3://...: Ray Data reads it, this process does not
+        return True
     file = Path(data.train)
     try:
         fmt = data_format(data, file)
@@ -85,7 +88,7 @@ def check_streaming(cfg: ExperimentConfig) -> None:
     for key in ("train", "val", "test"):
         path = getattr(data, key)
         if path:
-            fmt = data_format(data, existing_file(path, f"data.{key}"))
+            fmt = data_format(data, _located(path, f"data.{key}", data))
             if fmt not in STREAM_FORMATS:
                 raise ConfigError(f"data.streaming: data.{key} is {fmt}; streaming reads {', '.join(STREAM_FORMATS)}")
 
@@ -124,21 +127,26 @@ def _read(path: str, setting: str, data: DataConfig):
     import pyarrow.csv as pa_csv
     import ray.data
 
-    file = existing_file(path, setting)
+    file = _located(path, setting, data)
     fmt = data_format(data, file)
     wanted = [data.text_column, data.label_column]
     def reader():
         if fmt in ("csv", "tsv"):
-            return ray.data.read_csv(str(file), file_extensions=None,
+            return ray.data.read_csv(file, file_extensions=None,
                                      parse_options=pa_csv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", newlines_in_values=True),
                                      convert_options=pa_csv.ConvertOptions(column_types={c: pa.string() for c in wanted}))
         if fmt == "jsonl":
-            return ray.data.read_json(str(file), lines=True, file_extensions=None)
-        return ray.data.read_parquet(str(file), file_extensions=None)
+            return ray.data.read_json(file, lines=True, file_extensions=None)
+        return ray.data.read_parquet(file, file_extensions=None)
 
     ds = _guarded(reader, f"{file}: cannot be read as {fmt} ({setting})")
     check_columns(file, _guarded(lambda: ds.schema().names, f"{file}: cannot be read as {fmt} ({setting})"), data)
-    return ds.select_columns(wanted), str(file)
+    return ds.select_columns(wanted), file
+
+
+def _located(path: str, setting: str, data: DataConfig) -> str:
+    """A local file checked by ``existing_file`` (as an absolute path) or a URI by ``existing_uri``."""
+    return existing_uri(path, setting, data) if is_uri(path) else str(existing_file(path, setting))
 
 
 def _causes(exc: Optional[BaseException]) -> list[BaseException]:
