@@ -52,7 +52,7 @@ def predict_pool(run: RunDir, pool: StreamedPool, folds: Sequence[FoldResult], p
          .map_batches(_EnsembleScorer, fn_constructor_args=([str(r.model_dir) for r in folds],), batch_size=BATCH_ROWS,
                       batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=parallel), num_cpus=1)
          .write_parquet(str(out / "split=test")))
-    counts = (ray.data.read_parquet(str(out), columns=["split", "label", "pred"])
+    counts = (ray.data.read_parquet(str(out)).select_columns(["split", "label", "pred"])
               .groupby(["split", "label", "pred"], num_partitions=COUNT_PARTITIONS).count().to_pandas())
     scores = {}
     for split in ("oof", "test"):

@@ -151,11 +151,11 @@ def _located(path: str, setting: str, data: DataConfig) -> str:
 
 def _causes(exc: Optional[BaseException]) -> list[BaseException]:
     """``exc`` and what it wraps: Ray's wrappers (``cause``), then the Python cause/context chain."""
-    chain: list[BaseException] = []
-    while exc is not None and all(exc is not e for e in chain):
-        chain.append(exc)
+    wrapped: list[BaseException] = []
+    while exc is not None and all(exc is not e for e in wrapped):
+        wrapped.append(exc)
         exc = getattr(exc, "cause", None) or exc.__cause__ or exc.__context__
-    return chain
+    return wrapped
 
 
 def _data_error(exc: BaseException) -> Optional[DataError]:
@@ -181,9 +181,9 @@ def _guarded(run, what: str):
         found = _data_error(exc)
         if found is not None:
             raise DataError(str(found)) from None
-        chain = _causes(exc)
-        arrow = [e for e in chain if type(e).__module__.startswith("pyarrow")]
-        inner = (arrow or chain)[-1]  # the reader's own error, below Ray's wrappers
+        wrapped = _causes(exc)
+        arrow = [e for e in wrapped if type(e).__module__.startswith("pyarrow")]
+        inner = (arrow or wrapped)[-1]  # the reader's own error, below Ray's wrappers
         first = next((line.strip() for line in str(inner).splitlines() if line.strip()), type(inner).__name__)
         raise DataError(f"{what}: {first}") from None
 
