@@ -320,6 +320,11 @@ def parse_config(raw: Any, source: str = "<config>") -> ExperimentConfig:
         raise ConfigError(f"{source}: {_format_error(first)}{more}") from None
 
 
+def is_uri(path: str) -> bool:
+    """A file system URI (s3://, gs://, file://...): kept as written, read through pyarrow's file systems, streamed only."""
+    return "://" in str(path)
+
+
 def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) -> ExperimentConfig:
     """Read an experiment YAML; relative data paths are resolved against the YAML's folder."""
     path = Path(path)
@@ -341,7 +346,7 @@ def load_config(path: str | Path, overrides: Optional[dict[str, Any]] = None) ->
     base = path.resolve().parent
     for key in ("train", "val", "test", "classes_map", "stop_words"):
         value = getattr(cfg.data, key)
-        if value is not None and "://" not in value and not Path(value).is_absolute():  # a URI (s3://...) stays as given
+        if value is not None and not is_uri(value) and not Path(value).is_absolute():
             setattr(cfg.data, key, str(base / value))
     if cfg.serve.token_file and not Path(cfg.serve.token_file).is_absolute():
         cfg.serve.token_file = str(base / cfg.serve.token_file)

@@ -24,7 +24,7 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
-from orchestrator.config import CleanConfig, DataConfig
+from orchestrator.config import CleanConfig, DataConfig, is_uri
 
 
 class DataError(Exception):
@@ -117,11 +117,6 @@ def _read_rows(path: str, setting: str, cfg: DataConfig) -> _Rows:
     check_columns(file, available, cfg)
     return _Rows(str(file), columns[cfg.text_column], columns[cfg.label_column], _locator(file, fmt),
                  cfg.text_column, cfg.label_column)
-
-
-def is_uri(path: str) -> bool:
-    """A file system URI (s3://, gs://, file://...): read through pyarrow's file systems, streamed only."""
-    return "://" in str(path)
 
 
 def existing_uri(uri: str, setting: str, cfg: DataConfig) -> str:

@@ -200,8 +200,8 @@ def test_the_streamed_vocabulary_is_the_in_memory_one_and_only_its_top_reaches_t
     cfg = with_overrides(load_config(SMOKE), {"data.streaming": "on", "data.train": str(tmp_path / "train.csv"), "data.val": None,
                                               "data.max_rows": None, "model.vocab_size": 300, "model.tokens": "word", "cv.folds": 3})
     seen = []
-    real = source._vocabulary
-    monkeypatch.setattr(source, "_vocabulary", lambda cfg, tokens, stop: seen.append(len(tokens)) or real(cfg, tokens, stop))
+    real = VocabTextEncoder.from_counts
+    monkeypatch.setattr(VocabTextEncoder, "from_counts", lambda counts, *args: seen.append(len(counts)) or real(counts, *args))
     pool = source.stream_pool(cfg)
     texts = [clean_text(t, cfg.data.clean) for t in rows["sentence"]]
     built = VocabTextEncoder.build(texts, "word", cfg.model.max_length, 300, cfg.model.min_freq)

@@ -20,8 +20,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from orchestrator.config import ConfigError, DataConfig, ExperimentConfig
-from orchestrator.data import (DataError, check_columns, class_labels, clean_text, data_format, existing_file, existing_uri, is_uri,
+from orchestrator.config import ConfigError, DataConfig, ExperimentConfig, is_uri
+from orchestrator.data import (DataError, check_columns, class_labels, clean_text, data_format, existing_file, existing_uri,
                                label_name, load_stop_words)
 from trainables.text.base import TextEncoder
 
@@ -276,7 +276,8 @@ class _Kept:
     """map_batches over the counting groupby's blocks: every ("fold", ...) count, and of the tokens only
     the block's ``keep`` most frequent seen ``min_freq`` times (ties by the token string). A token sits in
     one block after the groupby, so the blocks' tops hold the overall top: the driver gets a few
-    thousand rows however many distinct tokens the data has (an id in every text: one each)."""
+    thousand rows however many distinct tokens the data has (an id in every text: one each);
+    ``VocabTextEncoder.from_counts`` picks the vocabulary from the rows kept."""
 
     def __init__(self, keep: int, min_freq: int, special: tuple[str, ...]):
         self.keep, self.min_freq, self.special = keep, min_freq, special
@@ -287,16 +288,6 @@ class _Kept:
         tokens = batch[(batch["kind"] == "token") & (batch["n"] >= self.min_freq) & ~batch["key"].isin(self.special)]
         top = tokens.sort_values(["n", "key"], ascending=[False, True], kind="stable").head(self.keep)
         return pd.concat([batch[batch["kind"] == "fold"], top])
-
-
-def _vocabulary(cfg: ExperimentConfig, tokens: dict[str, int], stop_words: list[str]) -> TextEncoder:
-    """The vocabulary ``VocabTextEncoder.build`` makes from the same rows, from their token counts
-    (the counts of at least every token it keeps)."""
-    from trainables.text.vocab import PAD, UNK, VocabTextEncoder
-
-    model = cfg.model
-    kept = sorted((t for t, c in tokens.items() if c >= model.min_freq and t not in (PAD, UNK)), key=lambda t: (-tokens[t], t))
-    return VocabTextEncoder([PAD, UNK] + kept[: max(0, model.vocab_size - 2)], model.tokens, model.max_length, stop_words)
 
 
 @dataclass
@@ -361,8 +352,9 @@ def count_pool(cfg: ExperimentConfig) -> Counted:
         counts.setdefault(fold, [0] * len(labels.classes))[labels.index[name]] += n
     _check_folds(counts, k, labels.classes, train_source)
     if tokenize is not None:
-        encoder = _vocabulary(cfg, {key: int(n) for kind, key, n in zip(table["kind"], table["key"], table["n"]) if kind == "token"},
-                              stop_words)
+        model = cfg.model
+        encoder = VocabTextEncoder.from_counts({key: int(n) for kind, key, n in zip(table["kind"], table["key"], table["n"]) if kind == "token"},
+                                               model.tokens, model.max_length, model.vocab_size, model.min_freq, stop_words)
     else:
         encoder = build_text_encoder(cfg.model, [], stop_words)
     return Counted(files, labels.classes, labels.index, counts, encoder)

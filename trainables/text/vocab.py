@@ -19,7 +19,7 @@ import logging
 import re
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from trainables.atomic import atomic_write_text
 from trainables.text.base import ENCODER_FILE
@@ -94,9 +94,17 @@ class VocabTextEncoder:
         ``vocab_size`` counts the two special tokens, so it is the embedding's row count. Equal
         counts are ordered by the token string so the same texts always give the same ids.
         """
-        encoder = cls([PAD, UNK], tokens, max_length, stop_words)
-        counts = Counter(t for text in texts for t in encoder.tokenize(text))
-        kept = sorted((t for t, c in counts.items() if c >= min_freq and t not in encoder.stoi), key=lambda t: (-counts[t], t))
+        tokenize = cls([PAD, UNK], tokens, max_length, stop_words).tokenize
+        return cls.from_counts(Counter(t for text in texts for t in tokenize(text)), tokens, max_length, vocab_size, min_freq, stop_words)
+
+    @classmethod
+    def from_counts(
+        cls, counts: Mapping[str, int], tokens: str, max_length: int, vocab_size: int, min_freq: int = 1,
+        stop_words: Iterable[str] = (),
+    ) -> "VocabTextEncoder":
+        """``build``'s vocabulary from token counts made elsewhere (a distributed count: it needs the
+        counts of at least every token it keeps)."""
+        kept = sorted((t for t, c in counts.items() if c >= min_freq and t not in (PAD, UNK)), key=lambda t: (-counts[t], t))
         return cls([PAD, UNK] + kept[: max(0, vocab_size - 2)], tokens, max_length, stop_words)
 
     def tokenize(self, text: str) -> list[str]:
