@@ -402,6 +402,50 @@ def test_openapi_documents_predict_and_hf(served):
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
 
+def _replica_model_pid() -> int:
+    """The pid of the Classifier replica's model process (the replica actor's child, from /proc)."""
+    from ray.util.state import list_actors
+
+    (replica,) = [a.pid for a in list_actors(filters=[("state", "=", "ALIVE")]) if "Classifier" in a.class_name]
+    children = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _ppid(p) == replica
+                and b"resource_tracker" not in (p / "cmdline").read_bytes()]  # spawn's tracker is a child too
+    assert len(children) == 1, children
+    return children[0]
+
+
+def _ppid(proc: Path) -> int:
+    try:
+        return int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return -1
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the model process through /proc (Linux)")
+def test_a_dead_model_process_answers_503_and_serve_restarts_the_replica(served, client, runs):
+    """The model runs in the replica's child process (serve/model_process.py): killed, requests get 503
+    until Serve's health check replaces the replica, whose new model process answers as before."""
+    import os
+    import signal
+
+    dead = _replica_model_pid()
+    os.kill(dead, signal.SIGKILL)
+    with pytest.raises(ClientError) as refused:
+        for _ in range(50):  # the replica may notice on the first request or a moment later
+            client.predict(TEXTS)
+            time.sleep(0.1)
+    assert refused.value.status == 503 and "model process died" in refused.value.message
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            response = client.predict(TEXTS)
+            break
+        except ClientError:
+            assert time.monotonic() < deadline, "the replica was not replaced within 90 s"
+            time.sleep(1)
+    assert_matches(response, offline(runs["a"]), TEXTS)
+    assert _replica_model_pid() != dead
+
+
 def test_trained_smoke_run_is_served(served, client, smoke_run):
     """A run trained by the pipeline (last: it replaces the tiny run)."""
     deploy(smoke_run.run.root, served[1])

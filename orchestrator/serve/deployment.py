@@ -12,6 +12,7 @@ import hmac
 import json
 import logging
 import time
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -23,10 +24,11 @@ from starlette.exceptions import HTTPException
 
 from orchestrator.rundir import RunDir, package_versions
 from orchestrator.serve.batcher import FillingBatcher
+from orchestrator.serve.model_process import ModelProcess
 from orchestrator.serve.client import Client, ClientError
 from orchestrator.config import ServeConfig
 from orchestrator.evaluate.ensemble import render
-from orchestrator.evaluate.loading import load_model, onnx_precision, served_model
+from orchestrator.evaluate.loading import onnx_precision, served_model
 from orchestrator.serve.schema import (
     MAX_BODY_BYTES, MAX_TEXTS, HFRequest, HFResponse, PredictRequest, PredictResponse, RequestError, hf_answer, parse_hf,
     parse_predict,
@@ -115,13 +117,10 @@ class Classifier:
     """One replica: a run's fold ensemble behind the HTTP API."""
 
     def __init__(self, run_dir: str, model: str, token: Optional[str], device: str = "cpu"):
-        import torch
-
-        torch.set_num_threads(REPLICA_CPUS)  # a replica owns REPLICA_CPUS cores, not the machine
         run = RunDir.open(run_dir)
         self.precision = onnx_precision(run) if model == "onnx" else None  # (int8 | fp32, why)
-        self.ensemble = load_model(run, model, device=device, threads=REPLICA_CPUS)
-        self.device = getattr(self.ensemble, "device", "cpu")
+        self.model_process = ModelProcess(run_dir, model, device, threads=REPLICA_CPUS)
+        self.meta = self.model_process.info
         if self.precision:
             logger.info("serving ONNX %s: %s", *self.precision)
         self.served, self.backend = model, "onnx" if model == "onnx" else "torch"
@@ -132,6 +131,14 @@ class Classifier:
         self.batching: dict[str, Any] = _DEFAULTS.deployment_options()["user_config"]
         self.batcher = FillingBatcher(self._predict_batch, _DEFAULTS.max_batch_size, _DEFAULTS.batch_wait_timeout_s)
 
+    def check_health(self) -> None:
+        """Serve's health check: a replica whose model process died is restarted."""
+        if not self.model_process.alive():
+            raise RuntimeError("the model process died")
+
+    def __del__(self) -> None:
+        self.model_process.close()
+
     def reconfigure(self, config: dict) -> None:
         """Batch settings (the deployment's user_config): applied without reloading the models."""
         self.batcher.configure(config["max_batch_size"], config["batch_wait_timeout_s"])
@@ -140,8 +147,10 @@ class Classifier:
     def _predict_batch(self, texts: list[str]) -> list[tuple]:
         """(labels, probabilities, truncated) per text: one ensemble call for the batch, its length-sorted
         texts in forward passes of ``chunk_size``."""
-        pred = self.ensemble.predict(texts, self.batching["chunk_size"])
-        return list(zip(pred.labels, pred.probs, pred.truncated))
+        try:
+            return self.model_process.predict(texts, self.batching["chunk_size"])
+        except BrokenProcessPool:
+            raise RequestError(503, "the model process died; Serve restarts this replica") from None
 
     def _authorize(self, request: Request) -> None:
         if self.token is None:
@@ -156,7 +165,7 @@ class Classifier:
 
     async def _answers(self, texts: list[str], top_k: Optional[int]) -> list[dict]:
         rows = await asyncio.gather(*(self.batcher(text) for text in texts))
-        return [render(*row, self.ensemble.classes, top_k) for row in rows]
+        return [render(*row, self.meta.classes, top_k) for row in rows]
 
     @app.post("/predict", response_model=PredictResponse, openapi_extra=_body(PredictRequest))
     async def predict(self, request: Request) -> dict:
@@ -176,10 +185,10 @@ class Classifier:
     async def info(self, request: Request) -> dict:
         self._authorize(request)
         context = serve.get_replica_context()
-        e = self.ensemble
+        e = self.meta
         return {
             "run": self.run_name, "model": self.model, "labels": e.classes, "multilabel": e.multilabel,
-            "threshold": e.threshold, "max_length": e.encoder.max_length, "served": self.served, "backend": self.backend, "device": str(self.device),
+            "threshold": e.threshold, "max_length": e.max_length, "served": self.served, "backend": self.backend, "device": e.device,
             "onnx_precision": dict(zip(("precision", "reason"), self.precision)) if self.precision else None,
             "fold_models": fold_models(e.model_dirs), "weights": e.weights, "batching": self.batching, "replicas": context.world_size,
             "limits": {"max_texts": MAX_TEXTS, "max_body_bytes": MAX_BODY_BYTES},
