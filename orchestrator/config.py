@@ -156,7 +156,7 @@ class ServeConfig(Section):
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
     max_batch_size: int = Field(32, ge=1, description="Largest batch of texts a replica runs at once.")
     batch_wait_timeout_s: float = Field(0.01, ge=0, description="How long an idle replica waits for a batch to fill (a busy one fills the next batch while it runs).")
-    chunk_size: int = Field(8, ge=1, description="Texts per forward pass: a batch is sorted by length and run in chunks of this many, so a long text pads only its own chunk (on 2 CPU cores, 5 MiniLMs on tweets: random batches of 16 ran at 0.77x of length-sorted offline throughput in one pass, 0.90x in chunks of 8).")
+    chunk_size: int = Field(8, ge=1, description="Most texts per forward pass: a batch is sorted by length and cut into passes of similar length (trainables/inference.py length_chunks), so a long text pads only its own pass.")
     replicas: int = Field(1, ge=1, description="Deployment replicas (with autoscaling: the replicas it starts with).")
     gpus_per_replica: float = Field(0.0, ge=0, description="GPUs each replica reserves; above 0 the torch models run on CUDA (ONNX exports stay on CPU).")
     autoscaling: Optional[AutoscalingConfig] = Field(None, description="Scale replicas with the load (Ray Serve's autoscaling_config); off when unset.")

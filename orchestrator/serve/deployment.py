@@ -137,7 +137,8 @@ class Classifier:
             raise RuntimeError("the model process died")
 
     def __del__(self) -> None:
-        self.model_process.close()
+        if hasattr(self, "model_process"):  # not when __init__ failed before it
+            self.model_process.close()
 
     def reconfigure(self, config: dict) -> None:
         """Batch settings (the deployment's user_config): applied without reloading the models."""
