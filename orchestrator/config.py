@@ -176,6 +176,8 @@ class ServeConfig(Section):
         """The Classifier deployment's Serve options (``.options(...)`` and a Serve config's deployment)."""
         options = {
             "max_ongoing_requests": 2 * self.max_batch_size,  # a full batch queues while the previous one runs
+            # a replica whose model process died answers 503 until Serve replaces it: check every 2 s, not 10
+            "health_check_period_s": 2.0,
             "user_config": {"max_batch_size": self.max_batch_size, "batch_wait_timeout_s": self.batch_wait_timeout_s,
                             "chunk_size": self.chunk_size},
         }
