@@ -17,6 +17,7 @@ model's load; requests left unsent fail the run (exit 1, after the result is wri
 from __future__ import annotations
 
 import argparse
+import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -182,13 +183,16 @@ def main() -> None:
         row["targets_met"] = row["ratio"] >= TARGET_RATIO and row["mean_batch"] >= TARGET_MEAN_BATCH
     ok = all(not r["errors"] and not r["unsent"] and r["label_mismatches"] <= r["allowed_mismatches"] for r in rows)
     first = rows[0]
+    # Ray Serve's high-throughput mode (HAProxy in front of replicas that take HTTP themselves) is chosen by
+    # environment variables read when Serve starts (docs/serving.md)
+    ingress = "HAProxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "Serve proxy"
     write_result("serve_load", {
-        "what": f"{run.root.name} ({', '.join(models)}; {REPLICA_CPUS} CPU/replica): {args.requests} requests x {per} "
+        "what": f"{run.root.name} ({', '.join(models)}; {REPLICA_CPUS} CPU/replica; {ingress}): {args.requests} requests x {per} "
                 f"text(s), concurrency {args.concurrency}, loopback HTTP; baseline = offline batched inference (batch "
                 f"{args.max_batch_size}) of the same texts in this process",
         "figure": first["texts_per_s"], "baseline": first["offline_texts_per_s"], "ratio": first["ratio"],
         "target_ratio": TARGET_RATIO, "target_mean_batch": TARGET_MEAN_BATCH, "unit": "texts/s",
-        "requests": args.requests, "concurrency": args.concurrency, "texts_per_request": per,
+        "requests": args.requests, "concurrency": args.concurrency, "texts_per_request": per, "ingress": ingress,
         "models": rows, "ok": ok,
         "table": table(rows),
     }, args.out)
