@@ -146,8 +146,8 @@ class Classifier:
         self.batching = dict(config)
 
     def _predict_batch(self, texts: list[str]) -> list[tuple]:
-        """(labels, probabilities, truncated) per text: one ensemble call for the batch, its length-sorted
-        texts in forward passes of ``chunk_size``."""
+        """(labels, probabilities, truncated) per text: one model call in the model process for the batch,
+        its length-sorted texts in passes of at most ``chunk_size`` (``length_chunks``)."""
         try:
             return self.model_process.predict(texts, self.batching["chunk_size"])
         except BrokenProcessPool:

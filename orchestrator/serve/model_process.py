@@ -2,8 +2,8 @@
 
 A replica's event loop (HTTP parsing, FastAPI, Ray's request path) runs Python for every request.
 In the same process the model's forward pass, a few hundred small torch ops each re-taking the GIL,
-waited behind it: under 16 clients on 2 cores a batch of 8 ran 2.3x slower in the replica than
-offline. ``ModelProcess`` loads the model in a child (one worker of a spawn ``ProcessPoolExecutor``)
+waited behind it: under 16 clients on 2 cores the distilled MiniLM's inference thread ran 0.73 cores
+while busy 96% of the load, 76 texts/s served against 152 offline (87 served once in its own process). ``ModelProcess`` loads the model in a child (one worker of a spawn ``ProcessPoolExecutor``)
 and sends it each batch's texts; only texts and (labels, probabilities, truncated) cross the pipe.
 """
 from __future__ import annotations
