@@ -64,3 +64,12 @@ def test_node_faults_compares_every_epoch_of_every_fold():
     assert max_metric_diff(clean, clean) == 0.0
     assert max_metric_diff(clean, {0: [row, {**row, "epoch": 2, "val_loss": 0.45}], 1: [row]}) == pytest.approx(0.05)
     assert max_metric_diff(clean, {0: [row], 1: [row]}) == float("inf")  # an epoch lost (or run twice) is no match
+
+
+def test_cv_racing_floor_races_each_config_against_the_known_winner():
+    from benchmarks.cv_racing import oracle_floor
+
+    best = {"fold_scores": [0.95, 0.94, 0.96, 0.95, 0.94]}
+    worse = {"fold_scores": [0.90, 0.895, 0.91, 0.90, 0.89]}   # out after 2 folds
+    tied = {"fold_scores": [0.951, 0.939, 0.959, 0.951, 0.941]}  # never significantly worse: all 5
+    assert oracle_floor([best, worse, tied], best, 5) == 5 + 2 + 5

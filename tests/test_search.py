@@ -52,6 +52,18 @@ def test_random_search_runs_samples_configs_and_no_search_runs_one():
     assert searcher is None and num_samples == 1 and len(space) == 1  # a grid over the 5 fold indices
 
 
+@pytest.mark.parametrize("searcher", ["random", "optuna", "grid"])
+def test_list_valued_choices_are_suggested_whole_by_every_searcher(searcher, recwarn):
+    cfg = cfg_with(**{"cv.folds": 2, "tune.samples": 4, "tune.searcher": searcher,
+                      "tune.search": {"model.kernel_sizes": "choice([[2, 3], [3, 4, 5]])", "train.lr": "choice([0.01, 0.02])"}})
+    search_alg = build_search(cfg)[0]
+    suggested = [search_alg.suggest(f"t{i}") for i in range(8)]
+    assert {tuple(s["model.kernel_sizes"]) for s in suggested} == {(2, 3), (3, 4, 5)}
+    assert all(with_overrides(cfg, {"model.kernel_sizes": s["model.kernel_sizes"]}).model.kernel_sizes == s["model.kernel_sizes"]
+               for s in suggested)
+    assert not [w for w in recwarn if "categorical distribution" in str(w.message)]
+
+
 def test_grid_rejects_continuous_values_and_unknown_keys():
     with pytest.raises(ConfigError, match="tune.searcher: grid needs grid"):
         build_search(cfg_with(**{"tune.searcher": "grid", "tune.search": {"train.lr": "uniform(0.1, 0.2)"}}))

@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -113,7 +114,9 @@ def build_search(cfg: ExperimentConfig, racing_state: Optional[Path] = None):
         sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=cfg.seed)
-    searcher = OptunaSearch(space=space, metric=tcfg.metric, mode=tcfg.mode, sampler=sampler)
+    with warnings.catch_warnings():  # list choices (kernel sizes) are fine: the study lives in memory, not in Optuna's storage
+        warnings.filterwarnings("ignore", "Choices for a categorical distribution should be", UserWarning)
+        searcher = OptunaSearch(space=space, metric=tcfg.metric, mode=tcfg.mode, sampler=sampler)
     if tcfg.racing.enabled:
         from orchestrator.train.racing import RacingSearcher
 
