@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--texts-per-request", type=int, default=1)
     parser.add_argument("--texts", help="text file, one per line (default: the run's saved test split)")
     parser.add_argument("--max-batch-size", type=int, default=ServeConfig().max_batch_size)
+    parser.add_argument("--chunk-size", type=int, default=ServeConfig().chunk_size, help="serve.chunk_size: most texts per forward pass")
     parser.add_argument("--deadline", type=float, default=110.0, help="seconds of a model's load (from its first request) after which nothing is sent")
     parser.add_argument("--gpus-per-replica", type=float, default=0.0, help="serve.gpus_per_replica (above 0: the replica "
                                                                             "and the offline baseline run the torch models on CUDA)")
@@ -173,7 +174,7 @@ def main() -> None:
     from orchestrator.train.cluster import init_ray
 
     init_ray(args.address)
-    cfg = ServeConfig(port=free_port(), max_batch_size=args.max_batch_size, token="bench", gpus_per_replica=args.gpus_per_replica)
+    cfg = ServeConfig(port=free_port(), max_batch_size=args.max_batch_size, chunk_size=args.chunk_size, token="bench", gpus_per_replica=args.gpus_per_replica)
     try:
         rows = [measure_model(run, model, cfg, requests, pool[: args.max_batch_size], args.concurrency, args.deadline)
                 for model in models]
