@@ -3,7 +3,7 @@ on Ray Serve one after another, each compared with offline batched inference of 
 same texts, in one run.
 
     python -m benchmarks.serve_load RUN [--models ensemble,onnx,student] [--requests 1000] [--concurrency 16]
-                                        [--texts-per-request 1] [--texts FILE] [--deadline 110] [--out FILE]
+                                        [--texts-per-request 1] [--texts FILE] [--chunk-size 8] [--deadline 110] [--out FILE]
 
 ``--models`` names the run's models as ``orchestrator serve --model`` does (ensemble, onnx: the ensemble's
 ONNX exports, int8 where the export stage vouched for it, student, pruned, fold:<k>; default: each of

@@ -57,7 +57,7 @@ def test_info_describes_the_loaded_model(process, tiny_run):
     info = process.info
     assert info.classes == CLASSES and info.multilabel is False and info.max_length == 8
     assert len(info.model_dirs) == 2 and info.device == "cpu" and process.alive()
-    assert process._pid != os.getpid()
+    assert process.pid != os.getpid()
 
 
 def test_a_model_that_cannot_load_raises_its_own_error(tmp_path, tiny_run):
@@ -71,8 +71,8 @@ def test_a_model_that_cannot_load_raises_its_own_error(tmp_path, tiny_run):
 
 def test_a_killed_child_is_noticed(tiny_run):
     model = ModelProcess(str(tiny_run), "ensemble")
-    os.kill(model._pid, signal.SIGKILL)
-    assert _gone(model._pid, 10)
+    os.kill(model.pid, signal.SIGKILL)
+    assert _gone(model.pid, 10)
     deadline = time.monotonic() + 10
     while model.alive() and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -84,7 +84,7 @@ def test_a_killed_child_is_noticed(tiny_run):
 
 def test_the_child_dies_with_its_parent_even_when_killed(tiny_run):
     script = ("import sys, time; from orchestrator.serve.model_process import ModelProcess; "
-              f"m = ModelProcess({str(tiny_run)!r}, 'ensemble'); print(m._pid, flush=True); time.sleep(600)")
+              f"m = ModelProcess({str(tiny_run)!r}, 'ensemble'); print(m.pid, flush=True); time.sleep(600)")
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         child = int(parent.stdout.readline())

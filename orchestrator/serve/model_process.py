@@ -60,19 +60,19 @@ def _predict(texts: list[str], chunk_size: int) -> list[tuple]:
 
 class ModelProcess:
     """``ModelProcess(run_dir, model, device, threads).predict(texts, chunk_size)`` → (labels,
-    probabilities, truncated) per text, computed in the child; ``info`` describes the model."""
+    probabilities, truncated) per text, computed in the child (``pid``); ``info`` describes the model."""
 
     def __init__(self, run_dir: str, model: str, device: str = "cpu", threads: int = 1):
         self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         # the one worker keeps the model: a model that fails to load raises its own error here
-        self._pid, self.info = self._pool.submit(_load, run_dir, model, device, threads).result()
+        self.pid, self.info = self._pool.submit(_load, run_dir, model, device, threads).result()
 
     def predict(self, texts: list[str], chunk_size: int) -> list[tuple]:
         return self._pool.submit(_predict, texts, chunk_size).result()
 
     def alive(self) -> bool:
         """False once the child died (killed, out of memory): every later call would fail."""
-        return any(child.pid == self._pid for child in multiprocessing.active_children())
+        return any(child.pid == self.pid for child in multiprocessing.active_children())
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
