@@ -3,7 +3,8 @@ on Ray Serve one after another, each compared with offline batched inference of 
 same texts, in one run.
 
     python -m benchmarks.serve_load RUN [--models ensemble,onnx,student] [--requests 1000] [--concurrency 16]
-                                        [--texts-per-request 1] [--texts FILE] [--chunk-size 8] [--deadline 110] [--out FILE]
+                                        [--texts-per-request 1] [--texts FILE] [--chunk-size 8] [--ingress proxy]
+                                        [--deadline 110] [--out FILE]
 
 ``--models`` names the run's models as ``orchestrator serve --model`` does (ensemble, onnx: the ensemble's
 ONNX exports, int8 where the export stage vouched for it, student, pruned, fold:<k>; default: each of
@@ -162,6 +163,7 @@ def main() -> None:
     parser.add_argument("--gpus-per-replica", type=float, default=0.0, help="serve.gpus_per_replica (above 0: the replica "
                                                                             "and the offline baseline run the torch models on CUDA)")
     parser.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    parser.add_argument("--ingress", choices=["proxy", "haproxy"], default="proxy", help="serve.ingress: Ray Serve's proxy or HAProxy")
     parser.add_argument("--out")
     args = parser.parse_args()
 
@@ -173,8 +175,8 @@ def main() -> None:
 
     from orchestrator.train.cluster import init_ray
 
-    init_ray(args.address)
-    cfg = ServeConfig(port=free_port(), max_batch_size=args.max_batch_size, chunk_size=args.chunk_size, token="bench", gpus_per_replica=args.gpus_per_replica)
+    init_ray(args.address, args.ingress)
+    cfg = ServeConfig(port=free_port(), max_batch_size=args.max_batch_size, chunk_size=args.chunk_size, ingress=args.ingress, token="bench", gpus_per_replica=args.gpus_per_replica)
     try:
         rows = [measure_model(run, model, cfg, requests, pool[: args.max_batch_size], args.concurrency, args.deadline)
                 for model in models]
@@ -184,8 +186,8 @@ def main() -> None:
         row["targets_met"] = row["ratio"] >= TARGET_RATIO and row["mean_batch"] >= TARGET_MEAN_BATCH
     ok = all(not r["errors"] and not r["unsent"] and r["label_mismatches"] <= r["allowed_mismatches"] for r in rows)
     first = rows[0]
-    # Ray Serve's high-throughput mode (HAProxy in front of replicas that take HTTP themselves) is chosen by
-    # environment variables read when Serve starts (docs/serving.md)
+    # Ray Serve's high-throughput mode (HAProxy in front of replicas that take HTTP themselves): --ingress
+    # haproxy, or a Ray started with its environment variables (docs/serving.md)
     ingress = "HAProxy" if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1" else "Serve proxy"
     write_result("serve_load", {
         "what": f"{run.root.name} ({', '.join(models)}; {REPLICA_CPUS} CPU/replica; {ingress}): {args.requests} requests x {per} "

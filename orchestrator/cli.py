@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--model", help="which model of the run: ensemble (default), fold:<k>, student, pruned or onnx")
     serve.add_argument("--onnx", action="store_true", help="run the ONNX exports (export/fold_<k>/) instead of the torch models (--model onnx)")
     serve.add_argument("--replicas", type=int, help="deployment replicas (default: the run's serve.replicas)")
+    serve.add_argument("--ingress", choices=["proxy", "haproxy"], help="Ray Serve's Python proxy, or haproxy: Serve's "
+                       "high-throughput mode, for a Ray this command starts (default: the run's serve.ingress)")
     serve.add_argument("--write-config", metavar="FILE", help="write a Ray Serve config file for `serve run FILE` / `serve deploy FILE` "
                                                               "instead of serving (the token is not written into it)")
 
@@ -208,7 +210,7 @@ def cmd_serve(args) -> int:
     from orchestrator.serve.deployment import serve_until_interrupted
     from orchestrator.train.cluster import init_ray
 
-    flags = {f"serve.{k}": getattr(args, k) for k in ("host", "port", "replicas") if getattr(args, k) is not None}
+    flags = {f"serve.{k}": getattr(args, k) for k in ("host", "port", "replicas", "ingress") if getattr(args, k) is not None}
     if args.insecure:
         flags["serve.insecure"] = True
     cfg = with_overrides(run.config(), flags).serve.with_token(args.token)  # validated like the YAML (port range, replicas >= 1)
@@ -228,7 +230,7 @@ def cmd_serve(args) -> int:
         console.print(f"wrote {args.write_config}: `serve run {args.write_config}` or `serve deploy {args.write_config}` "
                       f"(the token, if any: ${TOKEN_ENV} or the run's serve.token_file where Serve builds the app)")
         return 0
-    init_ray()
+    init_ray(ingress=cfg.ingress)
     serve_until_interrupted(run, cfg, onnx=args.onnx, log=console.print, model=args.model)
     return 0
 

@@ -159,6 +159,7 @@ class ServeConfig(Section):
     chunk_size: int = Field(8, ge=1, description="Most texts per forward pass: a batch is sorted by length and cut into passes of similar length (trainables/inference.py length_chunks), so a long text pads only its own pass.")
     replicas: int = Field(1, ge=1, description="Deployment replicas (with autoscaling: the replicas it starts with).")
     gpus_per_replica: float = Field(0.0, ge=0, description="GPUs each replica reserves; above 0 the torch models run on CUDA (ONNX exports stay on CPU).")
+    ingress: Literal["proxy", "haproxy"] = Field("proxy", description="What takes the HTTP requests: Ray Serve's Python proxy, or haproxy: Ray Serve's high-throughput mode (HAProxy forwarding to replicas that take HTTP themselves; HTTP only), chosen when a local Ray starts (a cluster: docs/serving.md).")
     autoscaling: Optional[AutoscalingConfig] = Field(None, description="Scale replicas with the load (Ray Serve's autoscaling_config); off when unset.")
     token: Optional[str] = Field(None, exclude=True, repr=False, description="Bearer token required by /predict and /info: never read from the YAML nor written anywhere; it comes from --token, $ORCHESTRATOR_SERVE_TOKEN or token_file.")
     token_file: Optional[str] = Field(None, description="File holding the bearer token (relative to the YAML file); used when neither --token nor $ORCHESTRATOR_SERVE_TOKEN is given.")

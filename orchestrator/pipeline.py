@@ -52,7 +52,7 @@ def run_experiment(cfg: ExperimentConfig, resume: bool = False, overwrite: bool 
         return summary
     dataset = validate(cfg)
     checkpoints = fold_checkpoints(RunDir.open(resume_from), cfg.cv.folds) if resume_from else None
-    init_ray(address)
+    init_ray(address, cfg.serve.ingress if cfg.serve.enabled else "proxy")
     check_fits(cfg)
     run = RunDir.create(cfg, resume=resume, overwrite=overwrite)
     if watch is not None:

@@ -3,7 +3,11 @@ auth, batching, a rolling redeploy under load, and a run trained by the pipeline
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -453,3 +457,67 @@ def test_trained_smoke_run_is_served(served, client, smoke_run):
     response = client.predict(texts)
     assert response["model"] == model_of(smoke_run.run.root)
     assert_matches(response, offline(smoke_run.run.root), texts)
+
+
+# ---- Ray Serve's high-throughput mode (serve.ingress: haproxy), in a Ray of its own ----
+def _haproxy_pids() -> set[int]:
+    pids = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if (proc / "comm").read_text().strip() == "haproxy":
+                pids.add(int(proc.name))
+        except OSError:  # gone meanwhile
+            pass
+    return pids
+
+
+def test_haproxy_ingress_serves_the_run_through_haproxy(runs, tmp_path):
+    """`orchestrator serve --ingress haproxy` starts its own Ray in Serve's high-throughput mode: HAProxy
+    processes appear, /predict answers through them with the offline ensemble's predictions, the token
+    still guards it, and Ctrl-C takes HAProxy down with Ray."""
+    from orchestrator.train.cluster import HAPROXY_ENV
+
+    before, port = _haproxy_pids(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS" and k not in HAPROXY_ENV}
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "serve", str(runs["a"]), "--port", str(port),
+                                 "--ingress", "haproxy", "--token", TOKEN], env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        client, deadline = Client(f"http://127.0.0.1:{port}", token=TOKEN, timeout=10), time.monotonic() + 240
+        while True:
+            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
+            try:
+                client.health()
+                break
+            except ClientError:
+                assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
+                time.sleep(1)
+        assert_matches(client.predict(TEXTS), offline(runs["a"]), TEXTS)
+        started = _haproxy_pids() - before
+        assert started, "no haproxy process"
+        with pytest.raises(ClientError) as denied:
+            Client(f"http://127.0.0.1:{port}").predict("the cat")
+        assert denied.value.status == 401
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert proc.returncode == 0, log.read_text(errors="replace")[-3000:]
+    deadline = time.monotonic() + 30
+    while started & _haproxy_pids() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not started & _haproxy_pids()
+
+
+def test_haproxy_ingress_refuses_a_ray_that_is_already_up_without_it(ray_session, monkeypatch):
+    from orchestrator.config import ConfigError
+    from orchestrator.train.cluster import HAPROXY_ENV, init_ray
+
+    for key in HAPROXY_ENV:
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(ConfigError, match=r"serve.ingress: haproxy is chosen where Ray starts .*RAY_SERVE_ENABLE_HA_PROXY=1"):
+        init_ray(ingress="haproxy")
+    init_ray(ingress="proxy")  # joined as before

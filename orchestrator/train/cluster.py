@@ -9,10 +9,24 @@ from orchestrator.config import ConfigError, ExperimentConfig
 from orchestrator.rundir import RunDir
 
 
-def init_ray(address: Optional[str] = None) -> None:
-    """Start a local Ray (all cores) or join ``address``; no-op when already connected."""
+# Ray Serve's high-throughput mode: read by Serve's processes, whose environment is the one Ray started with
+HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+
+
+def init_ray(address: Optional[str] = None, ingress: str = "proxy") -> None:
+    """Start a local Ray (all cores) or join ``address``; no-op when already connected. With ``ingress``
+    haproxy a local Ray starts in Serve's high-throughput mode; a Ray that is already up must have been
+    started so (``HAPROXY_ENV``), and this driver's environment must say so."""
     import ray
 
+    if ingress == "haproxy":
+        if ray.is_initialized() or address:
+            if any(os.environ.get(k) != v for k, v in HAPROXY_ENV.items()):
+                raise ConfigError("serve.ingress: haproxy is chosen where Ray starts and this Ray is already up: start it with "
+                                  + " ".join(f"{k}={v}" for k, v in HAPROXY_ENV.items()) + " (and run this with them set), "
+                                  "or let orchestrator start a local Ray")
+        else:
+            os.environ.update(HAPROXY_ENV)
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
