@@ -20,7 +20,7 @@ def init_ray(address: Optional[str] = None, ingress: str = "proxy") -> None:
     import ray
 
     if ingress == "haproxy":
-        if ray.is_initialized() or address:
+        if ray.is_initialized() or address or os.environ.get("RAY_ADDRESS"):  # joining a Ray that is up
             if any(os.environ.get(k) != v for k, v in HAPROXY_ENV.items()):
                 raise ConfigError("serve.ingress: haproxy is chosen where Ray starts and this Ray is already up: start it with "
                                   + " ".join(f"{k}={v}" for k, v in HAPROXY_ENV.items()) + " (and run this with them set), "
