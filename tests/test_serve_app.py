@@ -95,3 +95,11 @@ def test_write_config_into_a_missing_folder_is_one_line(tmp_path, capsys):
     assert main(["serve", str(run_dir), "--write-config", str(tmp_path / "nope" / "s.yaml")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: --write-config {tmp_path / 'nope' / 's.yaml'}: no such folder {tmp_path / 'nope'}"
+
+
+def test_write_config_with_haproxy_ingress_says_where_the_mode_is_set(tmp_path, capsys):
+    run_dir = make_tiny_run(tmp_path, "tiny-haproxy", seed=7)
+    assert main(["serve", str(run_dir), "--ingress", "haproxy", "--write-config", str(tmp_path / "s.yaml")]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "not part of a Serve config" in out and "RAY_SERVE_ENABLE_HA_PROXY=1 RAY_SERVE_THROUGHPUT_OPTIMIZED=1" in out
+    assert (tmp_path / "s.yaml").is_file()

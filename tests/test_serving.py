@@ -34,6 +34,7 @@ from trainables.export import export_model_dir
 from trainables.models import save_model_dir
 from trainables.models.small import build_small_model
 from trainables.text.vocab import VocabTextEncoder
+from tests.conftest import ROOT
 from tests.test_fuzz import bodies
 
 TOKEN = "s3cret-token"
@@ -482,7 +483,8 @@ def test_haproxy_ingress_serves_the_run_through_haproxy(runs, tmp_path):
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "orchestrator", "serve", str(runs["a"]), "--port", str(port),
-                                 "--ingress", "haproxy", "--token", TOKEN], env=env, stdout=out, stderr=subprocess.STDOUT)
+                                 "--ingress", "haproxy", "--token", TOKEN], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
     try:
         client, deadline = Client(f"http://127.0.0.1:{port}", token=TOKEN, timeout=10), time.monotonic() + 240
         while True:
@@ -505,6 +507,7 @@ def test_haproxy_ingress_serves_the_run_through_haproxy(runs, tmp_path):
             proc.wait(90)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(30)
     assert proc.returncode == 0, log.read_text(errors="replace")[-3000:]
     deadline = time.monotonic() + 30
     while started & _haproxy_pids() and time.monotonic() < deadline:

@@ -65,7 +65,11 @@ class ModelProcess:
     def __init__(self, run_dir: str, model: str, device: str = "cpu", threads: int = 1):
         self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
         # the one worker keeps the model: a model that fails to load raises its own error here
-        self.pid, self.info = self._pool.submit(_load, run_dir, model, device, threads).result()
+        try:
+            self.pid, self.info = self._pool.submit(_load, run_dir, model, device, threads).result()
+        except BaseException:
+            self._pool.shutdown(wait=False, cancel_futures=True)  # the worker is not left behind
+            raise
 
     def predict(self, texts: list[str], chunk_size: int) -> list[tuple]:
         return self._pool.submit(_predict, texts, chunk_size).result()

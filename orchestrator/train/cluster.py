@@ -27,12 +27,13 @@ def init_ray(address: Optional[str] = None, ingress: str = "proxy") -> None:
                                   "or let orchestrator start a local Ray")
         else:
             os.environ.update(HAPROXY_ENV)
+            address = "local"  # a new Ray with that environment, not one `ray start` left running on this host
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     # A local Ray needs its dashboard: Ray Train's placement-group cleaner queries the state API.
-    local = {} if address else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
+    local = {} if address not in (None, "local") else {"include_dashboard": True, "dashboard_host": "127.0.0.1"}
     ray.init(address=address, logging_level="WARNING", log_to_driver=True, **local)
 
 

@@ -107,15 +107,15 @@ def build_search(cfg: ExperimentConfig, racing_state: Optional[Path] = None):
     from ray.tune.search.optuna import OptunaSearch
 
     space = search_space(tcfg, cfg)
-    if tcfg.searcher == "grid":
-        grid = {k: list(parse_distribution(k, s).categories) for k, s in tcfg.search.items()}
-        sampler = optuna.samplers.GridSampler(grid, seed=cfg.seed)
-    elif tcfg.searcher == "random":
-        sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=cfg.seed)
     with warnings.catch_warnings():  # list choices (kernel sizes) are fine: the study lives in memory, not in Optuna's storage
-        warnings.filterwarnings("ignore", "Choices for a categorical distribution should be", UserWarning)
+        warnings.filterwarnings("ignore", ".*for persistent storage", UserWarning)
+        if tcfg.searcher == "grid":
+            grid = {k: list(parse_distribution(k, s).categories) for k, s in tcfg.search.items()}
+            sampler = optuna.samplers.GridSampler(grid, seed=cfg.seed)
+        elif tcfg.searcher == "random":
+            sampler = optuna.samplers.RandomSampler(seed=cfg.seed)
+        else:
+            sampler = optuna.samplers.TPESampler(seed=cfg.seed)
         searcher = OptunaSearch(space=space, metric=tcfg.metric, mode=tcfg.mode, sampler=sampler)
     if tcfg.racing.enabled:
         from orchestrator.train.racing import RacingSearcher
