@@ -230,10 +230,9 @@ def cmd_serve(args) -> int:
         console.print(f"wrote {args.write_config}: `serve run {args.write_config}` or `serve deploy {args.write_config}` "
                       f"(the token, if any: ${TOKEN_ENV} or the run's serve.token_file where Serve builds the app)")
         if cfg.ingress == "haproxy":
-            from orchestrator.train.cluster import HAPROXY_ENV
+            from orchestrator.train.cluster import HAPROXY_SETTINGS
 
-            console.print("serve.ingress haproxy is not part of a Serve config: start Ray (or `serve run`) with "
-                          + " ".join(f"{k}={v}" for k, v in HAPROXY_ENV.items()))
+            console.print(f"serve.ingress haproxy is not part of a Serve config: start Ray (or `serve run`) with {HAPROXY_SETTINGS}")
         return 0
     init_ray(ingress=cfg.ingress)
     serve_until_interrupted(run, cfg, onnx=args.onnx, log=console.print, model=args.model)

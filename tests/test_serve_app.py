@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ from benchmarks.common import free_port
 from orchestrator.cli import main
 from orchestrator.serve.deployment import IMPORT_PATH, shutdown
 from tests.conftest import ROOT
-from tests.test_serving import TEXTS, assert_matches, make_tiny_run, offline
+from tests.test_serving import TEXTS, assert_matches, make_tiny_run, offline, wait_healthy
 
 pytestmark = pytest.mark.ray
 SERVE = Path(sys.executable).with_name("serve")
@@ -29,18 +28,6 @@ def serve_run(*args: str) -> None:
     out = subprocess.run([str(SERVE), "run", "--non-blocking", f"--address={ray.get_runtime_context().gcs_address}", *args],
                          capture_output=True, text=True, timeout=240, cwd=ROOT)
     assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
-
-
-def wait_healthy(url: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"{url}/healthz did not answer within {timeout:.0f}s")
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -96,6 +97,21 @@ def served(ray_session, runs, smoke_run):
 @pytest.fixture
 def client(served):
     return Client(served[0], token=TOKEN)
+
+
+def wait_healthy(url: str, timeout: float = 180, server: Optional[subprocess.Popen] = None, log: Optional[Path] = None) -> None:
+    """Until ``url``/healthz answers 200; fails after ``timeout`` s, or at once when ``server`` (writing ``log``) exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server is not None and server.poll() is not None:
+            pytest.fail(f"the server exited with {server.returncode}: {log.read_text(errors='replace')[-3000:] if log else ''}")
+        try:
+            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"{url}/healthz did not answer within {timeout:.0f}s")
 
 
 def model_of(run_dir: Path) -> str:
@@ -486,15 +502,8 @@ def test_haproxy_ingress_serves_the_run_through_haproxy(runs, tmp_path):
                                  "--ingress", "haproxy", "--token", TOKEN], cwd=ROOT, env=env, stdout=out,
                                 stderr=subprocess.STDOUT)
     try:
-        client, deadline = Client(f"http://127.0.0.1:{port}", token=TOKEN, timeout=10), time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
-            try:
-                client.health()
-                break
-            except ClientError:
-                assert time.monotonic() < deadline, log.read_text(errors="replace")[-3000:]
-                time.sleep(1)
+        wait_healthy(f"http://127.0.0.1:{port}", 240, proc, log)
+        client = Client(f"http://127.0.0.1:{port}", token=TOKEN)
         assert_matches(client.predict(TEXTS), offline(runs["a"]), TEXTS)
         started = _haproxy_pids() - before
         assert started, "no haproxy process"

@@ -68,7 +68,7 @@ class ModelProcess:
         try:
             self.pid, self.info = self._pool.submit(_load, run_dir, model, device, threads).result()
         except BaseException:
-            self._pool.shutdown(wait=False, cancel_futures=True)  # the worker is not left behind
+            self.close()  # the worker is not left behind
             raise
 
     def predict(self, texts: list[str], chunk_size: int) -> list[tuple]:

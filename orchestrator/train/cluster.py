@@ -11,6 +11,7 @@ from orchestrator.rundir import RunDir
 
 # Ray Serve's high-throughput mode: read by Serve's processes, whose environment is the one Ray started with
 HAPROXY_ENV = {"RAY_SERVE_ENABLE_HA_PROXY": "1", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}
+HAPROXY_SETTINGS = " ".join(f"{k}={v}" for k, v in HAPROXY_ENV.items())  # as a shell sets them
 
 
 def init_ray(address: Optional[str] = None, ingress: str = "proxy") -> None:
@@ -23,7 +24,7 @@ def init_ray(address: Optional[str] = None, ingress: str = "proxy") -> None:
         if ray.is_initialized() or address or os.environ.get("RAY_ADDRESS"):  # joining a Ray that is up
             if any(os.environ.get(k) != v for k, v in HAPROXY_ENV.items()):
                 raise ConfigError("serve.ingress: haproxy is chosen where Ray starts and this Ray is already up: start it with "
-                                  + " ".join(f"{k}={v}" for k, v in HAPROXY_ENV.items()) + " (and run this with them set), "
+                                  f"{HAPROXY_SETTINGS} (and run this with them set), "
                                   "or let orchestrator start a local Ray")
         else:
             os.environ.update(HAPROXY_ENV)
