@@ -101,6 +101,10 @@ class RunDir:
         """A Tune trial's fold: its best model (``model/``), history.json, metrics.csv, tensorboard/."""
         return self.root / "trials" / trial_id
 
+    def trial_stop_file(self, trial_id: str) -> Path:
+        """Written when Tune stops the trial mid-fold (a scheduler's decision): its workers end there."""
+        return self.trial_dir(trial_id) / "STOP"
+
     def fold_dir(self, fold: int) -> Path:
         """Fold ``fold`` of the chosen config: a link to the trial folder that trained it."""
         return self.root / "folds" / str(fold)

@@ -221,7 +221,8 @@ def test_per_epoch_racing_through_ray_tune_stops_a_broken_configs_fold_mid_train
     lr 1e-8 finishes fold 0, is raced out at epoch 1 of fold 1 (its 2 folds at epoch 1 against the
     leader's), that fold stops there, its fold 2 never runs, and the run still ends with the sound
     config's 3-fold ensemble; no TrainController of the run outlives it (the stopped fold's once stayed
-    ALIVE for Tune's 600 s force-cleanup timeout)."""
+    ALIVE for Tune's 600 s force-cleanup timeout). The stopped fold ends at its stop file, so one trial
+    process runs all 5 trials (Tune reuses it), and no trial errors on the reuse."""
     from orchestrator.pipeline import run_experiment
     from tests.test_fault_tolerance import actors, wait_for
 
@@ -230,11 +231,16 @@ def test_per_epoch_racing_through_ray_tune_stops_a_broken_configs_fold_mid_train
         "cv.folds": 3, "cv.parallel": 1, "tune.searcher": "grid", "tune.search": {"train.lr": "grid([0.01, 1e-08])"},
         "tune.racing": {"enabled": True, "min_folds": 2, "confidence": 0.95}})
     alive_before = {a.actor_id for a in actors("TrainController")}  # other tests' leftovers, if any
+    trial_processes_before = {a.actor_id for a in actors("ImplicitFunc", alive_only=False)}
     summary = run_experiment(cfg, log=lambda *_: None)
     root = summary.run.root
     trials = json.loads((root / "trials.json").read_text())
     by_lr = {t["params"]["train.lr"]: t for t in trials["trials"]}
     broken, sound = by_lr[1e-08], by_lr[0.01]
+    assert not trials["failed"]
+    assert len({a.actor_id for a in actors("ImplicitFunc", alive_only=False)} - trial_processes_before) == 1
+    stopped = [d.name for d in (root / "trials").iterdir() if (d / "STOP").exists()]
+    assert len(stopped) == 1 and stopped[0] not in broken["trial_ids"] + sound["trial_ids"]  # the stopped fold, no other
     assert broken["raced_out"] == "raced out after 1 folds, at epoch 1 of the next"
     assert (broken["folds_done"], broken["folds_stopped"]) == (1, 1) and sound["folds_done"] == 3
     assert trials["racing"]["folds_stopped_mid_training"] == 1 and trials["best_config"]["train.lr"] == 0.01

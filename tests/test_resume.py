@@ -57,6 +57,19 @@ def test_interrupted_and_resumed_equals_straight_through(tricks):
     assert resumed.fit_state.history[-1]["val_loss"] == pytest.approx(straight.fit_state.history[-1]["val_loss"], rel=1e-5)
 
 
+def test_a_stop_request_ends_the_fold_at_the_next_batch_without_another_epoch_report():
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=1e-2, early_stopping_patience=None)
+    trainer, reports, asked = _trainer(cfg), [], []
+
+    def stop_requested() -> bool:  # turns true at the third batch of epoch 2 (5 batches an epoch)
+        asked.append(trainer.fit_state.epoch)
+        return len(asked) > 5 + 2
+
+    state = trainer.fit(lambda _, result: reports.append(result.metrics["epoch"]), stop_requested=stop_requested)
+    assert reports == [1] and [h["epoch"] for h in state.history] == [1] and trainer.interrupted
+    assert asked == [0] * 5 + [1] * 3 and trainer.state.step == 5 + 2
+
+
 def test_resume_from_continues_an_earlier_run_through_ray(smoke_run, tmp_path):
     """smoke for 1 epoch, then --resume-from it up to 2 epochs == the session's smoke run (2 epochs straight;
     smoke's constant schedule makes the lr independent of the epoch count)."""

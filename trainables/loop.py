@@ -176,32 +176,43 @@ class Trainer:
         self.best_val_logits: Optional[np.ndarray] = None  # of the best epoch: its out-of-fold predictions
         self.val_gold = self.best_val_gold = None           # the labels validation returned with them
         self._started = False
+        self.interrupted = False  # fit ended mid-epoch on stop_requested
         self.on_step: Callable[[int, float], None] = lambda *_: None
+        self.stop_requested: Callable[[], bool] = lambda: False
 
     # ---- training ---------------------------------------------------------------------------
     def fit(self, on_epoch: Callable[["Trainer", EpochResult], None] = lambda *_: None,
-            until_epoch: Optional[int] = None, on_step: Callable[[int, float], None] = lambda *_: None) -> FitState:
+            until_epoch: Optional[int] = None, on_step: Callable[[int, float], None] = lambda *_: None,
+            stop_requested: Callable[[], bool] = lambda: False) -> FitState:
         """Train from the current state to the last epoch (or ``until_epoch``) or early stop;
-        ``on_step(step, loss)`` sees each entry of ``fit_state.steps`` as it is logged."""
-        self.on_step = on_step
+        ``on_step(step, loss)`` sees each entry of ``fit_state.steps`` as it is logged. When
+        ``stop_requested()`` turns true (checked before every batch) training ends there, mid-epoch,
+        without another ``on_epoch``: the caller no longer wants this fold (``interrupted`` is set)."""
+        self.on_step, self.stop_requested = on_step, stop_requested
         if not self._started:
             self.hooks.on_fit_start(self.state)
             self._started = True
         last = min(self.cfg.epochs, until_epoch or self.cfg.epochs)
         while self.fit_state.epoch < last:
             result = self.run_epoch()
+            if result is None:
+                break
             on_epoch(self, result)
             if result.stop:
                 break
         return self.fit_state
 
-    def run_epoch(self) -> EpochResult:
+    def run_epoch(self) -> Optional[EpochResult]:
+        """One epoch and its evaluation; None if ``stop_requested`` interrupted it."""
         epoch, cfg, state = self.fit_state.epoch, self.cfg, self.state
         state.epoch = epoch
         self.model.train()
         batches, last = self.data.train_batches(cfg, self.seed, epoch, self.rank, self.world), self.batches_per_epoch
         started, seen, loss_sum, window = time.perf_counter(), 0, 0.0, [0.0, 0]
         for i, (ids, labels, rows) in enumerate(batches):
+            if self.stop_requested():
+                self.interrupted = True
+                return None
             batch = self._batch(ids, labels, rows)
             loss = self.hooks.loss(state, batch)
             if loss is None:

@@ -200,7 +200,8 @@ def _train_fold(config: dict) -> None:
             write_checkpoint(Path(tmp), trainer, payload, model_cfg)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
 
-    try:
-        trainer.fit(on_epoch, on_step=board.step)
+    stop_file = Path(config["stop_file"]) if config.get("stop_file") else None
+    try:  # a scheduler that stops the fold's trial (the race, ASHA) writes stop_file: the fold ends at its next batch
+        trainer.fit(on_epoch, on_step=board.step, stop_requested=(lambda: stop_file.exists()) if stop_file else (lambda: False))
     finally:
         board.close()

@@ -79,11 +79,13 @@ HEALTH_CHECK_INTERVAL_S = 0.25
 
 
 def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, name: str, payload_ref: Any, folder: Path,
-                        callbacks: Sequence = (), resume_from: Optional[str] = None, pool: Any = None):
+                        callbacks: Sequence = (), resume_from: Optional[str] = None, pool: Any = None,
+                        stop_file: Optional[Path] = None):
     """A TorchTrainer for one fold, stored as the Ray run ``name`` (``run.ray_run(name)``); its worker
     writes TensorBoard scalars live into ``folder``/tensorboard/, where collect_fold puts the rest.
     ``pool`` (a streamed run's Ray Dataset) reaches the workers as two shards: "train" split
-    across them, "val" whole (trainables/streamed_fold.py)."""
+    across them, "val" whole (trainables/streamed_fold.py). The workers end the fold early once
+    ``stop_file`` exists (``tune.StopStoppedFolds`` writes it)."""
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -99,7 +101,8 @@ def build_torch_trainer(cfg: ExperimentConfig, run: RunDir, name: str, payload_r
         train_fold_worker,
         train_loop_config={"payload": payload_ref, "train": cfg.train.model_dump(mode="json"),
                            "model": cfg.model.model_dump(mode="json"), "seed": cfg.seed, "resume_from": resume_from,
-                           "failure_note": str(note), "tensorboard_dir": str((folder / TENSORBOARD_DIR).resolve())},
+                           "failure_note": str(note), "stop_file": str(stop_file.resolve()) if stop_file else None,
+                           "tensorboard_dir": str((folder / TENSORBOARD_DIR).resolve())},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if gpu else {})}),
         run_config=RunConfig(

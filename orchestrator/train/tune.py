@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from ray.tune import Callback
 
 from orchestrator.config import ConfigError, ExperimentConfig, TuneConfig, with_overrides
 from orchestrator.rundir import RunDir, write_json
@@ -37,9 +38,13 @@ TUNE_NAME = "tune"
 # (even 0.01) would keep N whole-CPU fold workers off N CPUs (2 cores: folds ran one at a time), so
 # a trial holds 1 MiB of Ray's logical "memory" resource and no CPU.
 TRIAL_RESOURCES = {"CPU": 0, "memory": 1 << 20}
-# A trial a scheduler stops mid-fold (the race, ASHA) is still inside its TorchTrainer's fit, so its
-# graceful stop never resolves and Tune kills its actor only after this many seconds (Ray's default
-# 600): the actor's TrainController (owned by it) lived on that long. Killed sooner, it goes along.
+# A trial a scheduler stops mid-fold (the race, ASHA) is inside its TorchTrainer's fit until its workers
+# see the trial's stop file (``StopFoldsOnStop``) at their next batch and end the fold. Tune hands a
+# stopped trial's actor to the next trial once the trial's thread ends, waiting this long for it
+# (Ray's default 2 s; the fit's end takes a batch and a controller poll or two). An actor that is not
+# reused and does not stop in time is killed after FORCE_TRIAL_CLEANUP_S (Ray's default 600), its
+# TrainController (owned by it) along with it.
+THREAD_TIMEOUT_ENV, THREAD_TIMEOUT_S = "TUNE_FUNCTION_THREAD_TIMEOUT_S", 30
 FORCE_TRIAL_CLEANUP_ENV, FORCE_TRIAL_CLEANUP_S = "TUNE_FORCE_TRIAL_CLEANUP_S", 5
 _DIST = re.compile(r"^\s*(uniform|loguniform|quniform|choice|randint|grid)\s*\((.*)\)\s*$", re.S)
 
@@ -141,6 +146,21 @@ def build_scheduler(cfg: ExperimentConfig, search_alg=None):
     return ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs, grace_period=1, reduction_factor=2)
 
 
+class StopFoldsOnStop(Callback):
+    """Writes a trial's stop file when Tune stops it before its fold ended (a scheduler's STOP: the
+    race, ASHA), so that its workers end the fold at their next batch and the trial's actor is free
+    for the next trial."""
+
+    def __init__(self, run_root: str):
+        self.run_root = run_root
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        if not {"best_epoch", FAILED} & set(trial.last_result or {}):  # a fold's last report has one of them
+            stop_file = RunDir(Path(self.run_root)).trial_stop_file(trial.trial_id)
+            stop_file.parent.mkdir(parents=True, exist_ok=True)
+            stop_file.touch()
+
+
 def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> None:
     """One Tune trial = one fold of one config: fit its TorchTrainer, keep its best model in trials/<id>/
     (``run.trial_dir``)."""
@@ -153,6 +173,9 @@ def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> Non
     fold = int(config.get(TRIAL_INDEX, 0))
     run = RunDir(Path(run_root))
     trial_id = tune.get_context().get_trial_id()
+    os.environ.setdefault(THREAD_TIMEOUT_ENV, str(THREAD_TIMEOUT_S))  # read in this process when Tune reuses it
+    stop_file = run.trial_stop_file(trial_id)
+    stop_file.unlink(missing_ok=True)
     done = load_fold_result(run.trial_dir(trial_id), fold)
     if done is not None:
         # Finished before the driver died, but after Tune's last experiment snapshot (taken every
@@ -174,9 +197,11 @@ def fold_trial(config: dict, base_cfg: dict, run_root: str, shared: dict) -> Non
     resume_from = shared["resume_from"][fold] if shared.get("resume_from") else None
     trainer = build_torch_trainer(cfg, run, f"trial_{trial_id}", ray.put(payload), run.trial_dir(trial_id),
                                   callbacks=[TuneReportCallback()], resume_from=resume_from,
-                                  pool=pool.dataset if pool is not None else None)
+                                  pool=pool.dataset if pool is not None else None, stop_file=stop_file)
     hparams = {f"{section}.{k}": v for section in ("model", "train") for k, v in getattr(cfg, section).model_dump(mode="json").items()}
     fitted = trainer.fit()
+    if stop_file.exists():  # Tune stopped the trial mid-fold: its last epoch report was its last word
+        return
     if failure(fitted) is not None:  # the same error on every retry: the trial ends, select_best says why
         tune.report({FAILED: failure(fitted), cfg.tune.metric: float("nan"), "fold": fold, "done": 1})
         return
@@ -215,8 +240,6 @@ def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = 
     from ray import tune
 
     release_dead_drivers(run, log)
-    from orchestrator.train.racing import RacingSearcher
-
     search_alg, param_space, num_samples = build_search(cfg, run.racing_json)
     trainable = tune.with_resources(
         tune.with_parameters(fold_trial, base_cfg=cfg.model_dump(mode="json"), run_root=str(run.root.resolve()),
@@ -239,13 +262,12 @@ def tune_folds(cfg: ExperimentConfig, run: RunDir, shared: dict, resume: bool = 
                 metric=cfg.tune.metric, mode=cfg.tune.mode,
                 max_concurrent_trials=cfg.tune.max_concurrent or cfg.cv.parallel or cfg.cv.folds,
                 # A finished trial's actor (its process, with Ray Tune and torch imported) runs the
-                # next fold or config instead of a new one being started (docs/architecture.md, "Where a trial's seconds go").
-                # Not when the race stops folds mid-training: a stopped trial's actor, still inside its
-                # TorchTrainer's fit, would be handed the next trial and hang; ended, it takes its trainer along.
-                reuse_actors=not isinstance(search_alg, RacingSearcher) or not cfg.tune.racing.per_epoch,
+                # next fold or config instead of a new one being started (docs/architecture.md, "Where a
+                # trial's seconds go"); a trial stopped mid-fold ends its fit first (StopFoldsOnStop).
+                reuse_actors=True,
             ),
             run_config=RunConfig(name=TUNE_NAME, storage_path=str(run.ray_storage), failure_config=FailureConfig(max_failures=1),
-                                 verbose=1, callbacks=list(callbacks)),
+                                 verbose=1, callbacks=[*callbacks, StopFoldsOnStop(str(run.root.resolve()))]),
         )
     grid = tuner.fit()
     return select_best(cfg, run, grid)
