@@ -1,5 +1,6 @@
 """Racing configs fold by fold: the elimination rule on synthetic fold scores, the searcher's
-breadth-first schedule, and a race through real Ray Tune."""
+breadth-first schedule, a race through real Ray Tune, and folds stopped mid-training (the race,
+ASHA) handing their trial process on."""
 from __future__ import annotations
 
 import json
@@ -250,3 +251,28 @@ def test_per_epoch_racing_through_ray_tune_stops_a_broken_configs_fold_mid_train
     assert json.loads((root / "manifest.json").read_text())["metrics"]["test_macro_f1"] > 0.7
     wait_for(lambda: not {a.actor_id for a in actors("TrainController")} - alive_before, 30,
              "the stopped fold's TrainController to go with its trial")
+
+
+def test_asha_stops_trials_mid_training_and_tune_reuses_their_process(ray_session, tmp_path):
+    """Real Ray Tune with ASHA (one fold, 3 epochs, grace 1, one trial at a time; the grid runs lr 1e-7,
+    0.03, 0.01, 1e-8 in that order): the last, with an lr too small to learn, is stopped after epoch 1
+    (below the rung's median), stopped folds end at their stop file and keep no model, one trial process
+    runs all four trials, no trial errors, and a sound config is chosen from those that finished."""
+    from orchestrator.pipeline import run_experiment
+    from tests.test_fault_tolerance import actors
+
+    cfg = with_overrides(load_config(SMOKE), {
+        "name": "asha", "runs_dir": str(tmp_path), "train.epochs": 3, "data.max_rows": 240, "data.test_fraction": 0.2,
+        "cv.folds": 1, "cv.parallel": 1, "tune.scheduler": "asha", "tune.searcher": "grid",
+        "tune.search": {"train.lr": "grid([0.01, 0.03, 1e-07, 1e-08])"}})
+    trial_processes_before = {a.actor_id for a in actors("ImplicitFunc", alive_only=False)}
+    summary = run_experiment(cfg, log=lambda *_: None)
+    root = summary.run.root
+    trials = json.loads((root / "trials.json").read_text())
+    by_lr = {t["params"]["train.lr"]: t for t in trials["trials"]}
+    assert not trials["failed"] and trials["best_config"]["train.lr"] in (0.01, 0.03)
+    assert (by_lr[1e-08]["folds_done"], by_lr[1e-08]["folds_stopped"]) == (0, 1) and by_lr[1e-07]["folds_done"] == 1
+    assert len({a.actor_id for a in actors("ImplicitFunc", alive_only=False)} - trial_processes_before) == 1
+    stopped = sorted(d for d in (root / "trials").iterdir() if (d / "STOP").exists())
+    assert len(stopped) == sum(t["folds_stopped"] for t in trials["trials"]) and not any((d / "model").exists() for d in stopped)
+    assert json.loads((root / "manifest.json").read_text())["metrics"]["test_macro_f1"] > 0.7

@@ -143,7 +143,9 @@ def build_scheduler(cfg: ExperimentConfig, search_alg=None):
         raise ConfigError("tune.scheduler: 'asha' stops single trials, and with cv.folds > 1 a trial is one fold; use 'fifo' (see docs/architecture.md)")
     from ray.tune.schedulers import ASHAScheduler
 
-    return ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs, grace_period=1, reduction_factor=2)
+    # A trial reports each epoch, then its fold's end (iteration epochs + 1). ASHA stops a trial at
+    # max_t: with max_t = epochs it stopped the last epoch's report, before the fold's end, every trial.
+    return ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs + 1, grace_period=1, reduction_factor=2)
 
 
 class StopFoldsOnStop(Callback):
