@@ -271,8 +271,10 @@ def test_asha_stops_trials_mid_training_and_tune_reuses_their_process(ray_sessio
     trials = json.loads((root / "trials.json").read_text())
     by_lr = {t["params"]["train.lr"]: t for t in trials["trials"]}
     assert not trials["failed"] and trials["best_config"]["train.lr"] in (0.01, 0.03)
+    assert len(trials["trials"]) == 4  # a trial errored on a failed actor reuse would be missing
     assert (by_lr[1e-08]["folds_done"], by_lr[1e-08]["folds_stopped"]) == (0, 1) and by_lr[1e-07]["folds_done"] == 1
-    assert len({a.actor_id for a in actors("ImplicitFunc", alive_only=False)} - trial_processes_before) == 1
+    # at most one new trial process (the state API can lag behind in a long session: then none is listed yet)
+    assert len({a.actor_id for a in actors("ImplicitFunc", alive_only=False)} - trial_processes_before) <= 1
     stopped = sorted(d for d in (root / "trials").iterdir() if (d / "STOP").exists())
     assert len(stopped) == sum(t["folds_stopped"] for t in trials["trials"]) and not any((d / "model").exists() for d in stopped)
     assert json.loads((root / "manifest.json").read_text())["metrics"]["test_macro_f1"] > 0.7
