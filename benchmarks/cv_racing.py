@@ -56,13 +56,15 @@ def search(runs: Path, name: str, racing: bool, configs: int, folds: int, epochs
 def oracle_floor(trials: list[dict], best: dict, folds: int) -> int:
     """Fold trainings of a race judged at fold ends and led by ``best`` from the start: each other config stops at the first
     fold count at which the rule races it out against ``best`` on the same folds, else runs all folds."""
+    def first(trial: dict, k: int) -> dict[int, float]:
+        return dict(enumerate(trial["fold_scores"][:k]))
+
     def needed(trial: dict) -> int:
         if trial is best:
             return folds
-        scores = dict(enumerate(trial["fold_scores"]))
-        leader = dict(enumerate(best["fold_scores"]))
         return next((k for k in range(MIN_FOLDS, folds + 1)
-                     if raced_out({f: leader[f] for f in range(k)}, {f: scores[f] for f in range(k)}, MIN_FOLDS, CONFIDENCE)),
+                     if raced_out(first(best, k), first(trial, k), MIN_FOLDS, CONFIDENCE,
+                                  pool=[first(t, k) for t in trials if t is not best and t is not trial])),
                     folds)
     return sum(needed(t) for t in trials)
 

@@ -40,6 +40,18 @@ def test_a_one_fold_fluke_does_not_eliminate():
     assert not raced_out(leader, fluke, 2, 0.95)
 
 
+def test_the_spread_pooled_over_the_race_eliminates_a_consistent_gap_but_never_a_fluke():
+    leader = _folds(0.95, 0.94)
+    pool = [_folds(0.93, 0.925), _folds(0.91, 0.905), _folds(0.95, 0.935), _folds(0.92, 0.92)]  # fold noise ~0.005
+    behind = _folds(0.935, 0.93)  # 0.015, 0.010 behind: its own 1-df bound cannot tell (t = 6.3)
+    assert not raced_out(leader, behind, 2, 0.95)
+    assert raced_out(leader, behind, 2, 0.95, pool=pool)  # 4 more degrees of freedom: t = 2.0
+    fluke = _folds(0.95, 0.84)  # equal on fold 0, one bad fold
+    assert not raced_out(leader, fluke, 2, 0.95, pool=pool)  # judged on its own spread, the larger
+    same = _folds(0.955, 0.935)  # equal, noise both ways
+    assert not raced_out(leader, same, 2, 0.95, pool=pool)
+
+
 def test_the_rule_follows_the_metric_direction():
     assert raced_out(_folds(0.30, 0.31), _folds(0.90, 0.92), 2, 0.95, mode="min")  # val_loss: higher is worse
     assert not raced_out(_folds(0.90, 0.92), _folds(0.30, 0.31), 2, 0.95, mode="min")
@@ -119,7 +131,7 @@ def test_per_epoch_racing_stops_a_worse_config_mid_fold_against_the_leaders_same
     assert (out["status"], out["raced_after"], out["raced_at_epoch"]) == (RACED_OUT, 1, 1)
     assert out["scores"] == {"0": 0.42} and out["curves"]["1"] == [0.40]  # the stopped fold's epoch is no fold score
     assert base.heard["config_2"] == {"val_macro_f1": pytest.approx(0.42), "raced_out": 1}
-    assert not _fold(race, "t4", other)  # an equal config is never stopped
+    assert not _fold(race, "t4", [0.82, 0.86, 0.91, 0.90])  # an equal config (fold noise both ways) is never stopped
     assert race.suggest("t6")[TRIAL_INDEX] == 2 and all(race.suggest(f"t{n}")["train.lr"] != 1.0 for n in range(7, 10))
 
 

@@ -5,7 +5,9 @@ It hands out (config, fold) trials breadth first: fold 0 of each new config, the
 survivors, and so on. Once a config and the leader (the best mean over at least ``min_folds`` folds)
 share ``min_folds`` finished folds, the config is raced out when it is significantly worse on those
 same folds: the one-sided lower bound (Student t, ``confidence``) of the mean paired difference
-leader − config is above zero (``raced_out``). A raced-out config takes no more fold slots; the folds
+leader − config is above zero (``raced_out``). The spread of the differences is pooled over the race's
+configs (each against the leader on its shared folds, ``pooled_spread``), never below the config's own:
+with 2 folds one config's own spread has 1 degree of freedom (t = 6.3), the pool has one per config. A raced-out config takes no more fold slots; the folds
 it finished stay in trials.json, marked. The wrapped searcher hears each config once: its K-fold
 mean, or a raced-out config's partial mean (worse by construction), so it keeps suggesting.
 
@@ -37,25 +39,45 @@ from trainables.atomic import atomic_write_text
 RACED_OUT = "raced out"
 
 
-def paired_lower_bound(leader: Sequence[float], other: Sequence[float], confidence: float) -> float:
-    """One-sided lower confidence bound of mean(leader − other) over paired folds (Student t)."""
+def _paired(leader: dict[int, float], other: dict[int, float], mode: str) -> np.ndarray:
+    """leader − other on the folds both have, signed so that positive means ``other`` is worse."""
+    sign = 1.0 if mode == "max" else -1.0
+    return np.array([sign * (leader[f] - other[f]) for f in sorted(set(leader) & set(other))])
+
+
+def pooled_spread(diffs: Sequence[np.ndarray]) -> tuple[float, int]:
+    """The spread of paired differences pooled over configs (each config's own mean removed) and its
+    degrees of freedom: the error term of a config × fold design."""
+    usable = [d for d in diffs if len(d) >= 2]
+    dof = sum(len(d) - 1 for d in usable)
+    if not dof:
+        return 0.0, 0
+    return math.sqrt(sum(float(((d - d.mean()) ** 2).sum()) for d in usable) / dof), dof
+
+
+def paired_lower_bound(diffs: Sequence[float], confidence: float, pooled: tuple[float, int] = (0.0, 0)) -> float:
+    """One-sided lower confidence bound (Student t) of the mean paired difference. With ``pooled`` (spread,
+    degrees of freedom over the race's configs) the bound uses the pooled degrees of freedom and the larger
+    of the two spreads, so a config whose own folds disagree (a fluke) is still judged on its own spread."""
     from scipy.stats import t
 
-    diffs = np.asarray(leader, dtype=float) - np.asarray(other, dtype=float)
+    diffs = np.asarray(diffs, dtype=float)
     if len(diffs) < 2:
         return -math.inf
-    spread = diffs.std(ddof=1) / math.sqrt(len(diffs))
-    return float(diffs.mean() - t.ppf(confidence, len(diffs) - 1) * spread)
+    spread, dof = max(float(diffs.std(ddof=1)), pooled[0]), max(len(diffs) - 1, pooled[1])
+    return float(diffs.mean() - t.ppf(confidence, dof) * spread / math.sqrt(len(diffs)))
 
 
-def raced_out(leader: dict[int, float], other: dict[int, float], min_folds: int, confidence: float, mode: str = "max") -> bool:
+def raced_out(leader: dict[int, float], other: dict[int, float], min_folds: int, confidence: float, mode: str = "max",
+              pool: Sequence[dict[int, float]] = ()) -> bool:
     """Whether ``other`` is significantly worse than ``leader`` on the folds both finished (at least
-    ``min_folds`` of them, and at least 2)."""
-    shared = sorted(set(leader) & set(other))
-    if len(shared) < max(min_folds, 2):
+    ``min_folds`` of them, and at least 2). ``pool``: the race's other configs' fold scores (neither the leader
+    nor ``other``), whose paired differences with the leader pool the spread with ``other``'s (``pooled_spread``)."""
+    diffs = _paired(leader, other, mode)
+    if len(diffs) < max(min_folds, 2):
         return False
-    sign = 1.0 if mode == "max" else -1.0
-    return paired_lower_bound([sign * leader[f] for f in shared], [sign * other[f] for f in shared], confidence) > 0
+    pooled = pooled_spread([diffs] + [_paired(leader, p, mode) for p in pool])
+    return paired_lower_bound(diffs, confidence, pooled) > 0
 
 
 @dataclass
@@ -149,9 +171,14 @@ class RacingSearcher(Searcher):
         if leader is None:
             return
         for entry in self.entries:
-            if entry is not leader and entry.status == "racing" and raced_out(leader.scores, entry.scores, self.min_folds,
-                                                                               self.confidence, self.mode):
+            if entry is not leader and entry.status == "racing" and raced_out(
+                    leader.scores, entry.scores, self.min_folds, self.confidence, self.mode,
+                    [e.scores for e in self._pool(leader, entry)]):
                 self._race_out(entry)
+
+    def _pool(self, leader: Entry, entry: Entry) -> list[Entry]:
+        """The configs whose paired differences with the leader pool the spread when ``entry`` is judged."""
+        return [e for e in self.entries if e is not leader and e is not entry and e.status != "failed"]
 
     def _race_out(self, entry: Entry, epoch: Optional[int] = None) -> None:
         entry.status, entry.raced_after, entry.raced_at_epoch = RACED_OUT, len(entry.scores), epoch
@@ -173,8 +200,9 @@ class RacingSearcher(Searcher):
             return False
         if entry.status == "racing" and self.per_epoch:
             leader = self.leader()
-            if leader is not None and leader is not entry and raced_out(leader.at_epoch(epoch), entry.at_epoch(epoch),
-                                                                         self.min_folds, self.confidence, self.mode):
+            if leader is not None and leader is not entry and raced_out(
+                    leader.at_epoch(epoch), entry.at_epoch(epoch), self.min_folds, self.confidence, self.mode,
+                    [e.at_epoch(epoch) for e in self._pool(leader, entry)]):
                 self._race_out(entry, epoch)
         if entry.status != RACED_OUT:
             return False
