@@ -157,7 +157,8 @@ class StopFoldsOnStop(Callback):
         self.run_root = run_root
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        if not {"best_epoch", FAILED} & set(trial.last_result or {}):  # a fold's last report has one of them
+        last = set(trial.last_result or {})  # a stopped fold last reported an epoch; a fold's end has best_epoch
+        if "epoch" in last and not {"best_epoch", FAILED} & last:  # (a trial that never ran reported nothing)
             stop_file = RunDir(Path(self.run_root)).trial_stop_file(trial.trial_id)
             stop_file.parent.mkdir(parents=True, exist_ok=True)
             stop_file.touch()
