@@ -78,6 +78,7 @@ class RacingConfig(Section):
     enabled: bool = Field(False, description="Race configs fold by fold: a config significantly worse than the leader on the same folds stops taking fold slots (orchestrator/train/racing.py). For searches of more than a handful of configs.")
     min_folds: int = Field(2, ge=2, description="Folds a config and the leader must share before it can be raced out.")
     confidence: float = Field(0.95, gt=0.5, lt=1.0, description="One-sided confidence of the paired t bound that races a config out.")
+    tolerance: float = Field(0.0, ge=0.0, description="Indifference zone in the metric's units (e.g. 0.002 macro-F1): a config also goes when, at confidence, it is not better than the leader by this much, so near-ties stop taking folds; the choice can then be up to this much below the best. 0: only a significantly worse config goes, an equal one runs every fold.")
     per_epoch: bool = Field(True, description="Also race at every epoch: a config whose folds are significantly worse than the leader's folds at the same epoch (on at least min_folds folds) stops its training fold there.")
 
 

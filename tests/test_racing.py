@@ -52,6 +52,33 @@ def test_the_spread_pooled_over_the_race_eliminates_a_consistent_gap_but_never_a
     assert not raced_out(leader, same, 2, 0.95, pool=pool)
 
 
+def test_a_tolerance_races_out_a_near_tie_once_its_folds_show_it_is_not_better_by_that_much():
+    leader = _folds(0.90, 0.85, 0.93, 0.88, 0.91)
+    same = _folds(0.901, 0.849, 0.929, 0.882, 0.909)  # the equal config that survives every fold at tolerance 0
+    first = lambda scores, k: {f: scores[f] for f in range(k)}  # noqa: E731
+    # 2 folds: the bound of leader - same is -0.0063 (t(0.95, 1) = 6.3), below -0.004: it stays; 3 folds: -0.0016
+    assert not raced_out(first(leader, 2), first(same, 2), 2, 0.95, tolerance=0.004)
+    assert raced_out(first(leader, 3), first(same, 3), 2, 0.95, tolerance=0.004)
+    better = {f: s + 0.02 for f, s in leader.items()}  # better than the leader by more than the tolerance: never
+    assert not any(raced_out(first(leader, k), first(better, k), 2, 0.95, tolerance=0.004) for k in range(2, 6))
+    assert not raced_out(_folds(0.90, 0.90, 0.90), _folds(0.90, 0.70, 0.91), 2, 0.95, tolerance=0.004)  # a fluke stays
+
+
+def test_the_searcher_with_a_tolerance_stops_spending_folds_on_a_tie(tmp_path):
+    scores = {0.01: [0.900, 0.910, 0.905, 0.915], 0.02: [0.898, 0.910, 0.906, 0.914]}  # a tie, fold noise 0.001
+    for tolerance, trainings in ((0.0, 8), (0.01, 6)):
+        base = _Configs([{"train.lr": lr} for lr in scores])
+        race = RacingSearcher(base, folds=4, configs=2, min_folds=2, confidence=0.95, fold_key=TRIAL_INDEX,
+                              state_file=str(tmp_path / "racing.json"), tolerance=tolerance)
+        done = 0
+        while isinstance(suggestion := race.suggest(f"t{done}"), dict):
+            race.on_trial_complete(f"t{done}", {"val_macro_f1": scores[suggestion["train.lr"]][suggestion[TRIAL_INDEX]]})
+            done += 1
+        state = json.loads((tmp_path / "racing.json").read_text())
+        assert done == trainings and state["tolerance"] == tolerance
+        assert [c["status"] for c in state["configs"]] == (["complete", "complete"] if not tolerance else ["complete", RACED_OUT])
+
+
 def test_the_rule_follows_the_metric_direction():
     assert raced_out(_folds(0.30, 0.31), _folds(0.90, 0.92), 2, 0.95, mode="min")  # val_loss: higher is worse
     assert not raced_out(_folds(0.90, 0.92), _folds(0.30, 0.31), 2, 0.95, mode="min")

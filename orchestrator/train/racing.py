@@ -7,8 +7,10 @@ share ``min_folds`` finished folds, the config is raced out when it is significa
 same folds: the one-sided lower bound (Student t, ``confidence``) of the mean paired difference
 leader − config is above zero (``raced_out``). The spread of the differences is pooled over the race's
 configs (each against the leader on its shared folds, ``pooled_spread``), never below the config's own:
-with 2 folds one config's own spread has 1 degree of freedom (t = 6.3), the pool has one per config. A raced-out config takes no more fold slots; the folds
-it finished stay in trials.json, marked. The wrapped searcher hears each config once: its K-fold
+with 2 folds one config's own spread has 1 degree of freedom (t = 6.3), the pool has one per config.
+With ``tolerance`` > 0 (an indifference zone, in the metric's units) a config also goes when the bound
+says it is not better than the leader by ``tolerance``: lower bound of leader − config above −tolerance.
+A raced-out config takes no more fold slots; the folds it finished stay in trials.json, marked. The wrapped searcher hears each config once: its K-fold
 mean, or a raced-out config's partial mean (worse by construction), so it keeps suggesting.
 
 Inside a fold group (``racing.per_epoch``), ``RaceStopper`` (a Tune scheduler) applies the same rule at
@@ -69,15 +71,17 @@ def paired_lower_bound(diffs: Sequence[float], confidence: float, pooled: tuple[
 
 
 def raced_out(leader: dict[int, float], other: dict[int, float], min_folds: int, confidence: float, mode: str = "max",
-              pool: Sequence[dict[int, float]] = ()) -> bool:
+              pool: Sequence[dict[int, float]] = (), tolerance: float = 0.0) -> bool:
     """Whether ``other`` is significantly worse than ``leader`` on the folds both finished (at least
     ``min_folds`` of them, and at least 2). ``pool``: the race's other configs' fold scores (neither the leader
-    nor ``other``), whose paired differences with the leader pool the spread with ``other``'s (``pooled_spread``)."""
+    nor ``other``), whose paired differences with the leader pool the spread with ``other``'s (``pooled_spread``).
+    ``tolerance`` (metric units, an indifference zone): ``other`` also goes when it is significantly *not better*
+    than the leader by ``tolerance`` or more, i.e. the lower bound of leader − other is above ``-tolerance``."""
     diffs = _paired(leader, other, mode)
     if len(diffs) < max(min_folds, 2):
         return False
     pooled = pooled_spread([diffs] + [_paired(leader, p, mode) for p in pool])
-    return paired_lower_bound(diffs, confidence, pooled) > 0
+    return paired_lower_bound(diffs, confidence, pooled) > -tolerance
 
 
 @dataclass
@@ -105,10 +109,11 @@ class RacingSearcher(Searcher):
     """Suggests (config, fold) trials of ``searcher``'s configs, breadth first, racing them."""
 
     def __init__(self, searcher: Searcher, folds: int, configs: int, min_folds: int, confidence: float,
-                 fold_key: str, state_file: str, epochs: int = 1, per_epoch: bool = False):
+                 fold_key: str, state_file: str, epochs: int = 1, per_epoch: bool = False, tolerance: float = 0.0):
         super().__init__(metric=searcher.metric, mode=searcher.mode)
         self.searcher, self.folds, self.configs = searcher, folds, configs
         self.min_folds, self.confidence, self.fold_key, self.state_file = min_folds, confidence, fold_key, state_file
+        self.tolerance = tolerance
         self.epochs, self.per_epoch = epochs, per_epoch
         self.entries: list[Entry] = []
         self.trials: dict[str, tuple[int, int]] = {}  # Tune trial id -> (entry, fold)
@@ -173,7 +178,7 @@ class RacingSearcher(Searcher):
         for entry in self.entries:
             if entry is not leader and entry.status == "racing" and raced_out(
                     leader.scores, entry.scores, self.min_folds, self.confidence, self.mode,
-                    [e.scores for e in self._pool(leader, entry)]):
+                    [e.scores for e in self._pool(leader, entry)], self.tolerance):
                 self._race_out(entry)
 
     def _pool(self, leader: Entry, entry: Entry) -> list[Entry]:
@@ -202,7 +207,7 @@ class RacingSearcher(Searcher):
             leader = self.leader()
             if leader is not None and leader is not entry and raced_out(
                     leader.at_epoch(epoch), entry.at_epoch(epoch), self.min_folds, self.confidence, self.mode,
-                    [e.at_epoch(epoch) for e in self._pool(leader, entry)]):
+                    [e.at_epoch(epoch) for e in self._pool(leader, entry)], self.tolerance):
                 self._race_out(entry, epoch)
         if entry.status != RACED_OUT:
             return False
@@ -211,8 +216,8 @@ class RacingSearcher(Searcher):
         return True
 
     def state(self) -> dict:
-        return {"min_folds": self.min_folds, "confidence": self.confidence, "folds": self.folds,
-                "per_epoch": self.per_epoch,
+        return {"min_folds": self.min_folds, "confidence": self.confidence, "tolerance": self.tolerance,
+                "folds": self.folds, "per_epoch": self.per_epoch,
                 "configs": [{"params": e.config, "status": e.status, "raced_after": e.raced_after,
                              "raced_at_epoch": e.raced_at_epoch, "scores": {str(f): s for f, s in sorted(e.scores.items())},
                              "curves": {str(f): c for f, c in sorted(e.curves.items())}} for e in self.entries]}

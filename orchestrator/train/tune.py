@@ -126,7 +126,8 @@ def build_search(cfg: ExperimentConfig, racing_state: Optional[Path] = None):
         from orchestrator.train.racing import RacingSearcher
 
         race = RacingSearcher(searcher, folds, config_count(tcfg), tcfg.racing.min_folds, tcfg.racing.confidence,
-                              TRIAL_INDEX, str(racing_state), epochs=cfg.train.epochs, per_epoch=tcfg.racing.per_epoch)
+                              TRIAL_INDEX, str(racing_state), epochs=cfg.train.epochs, per_epoch=tcfg.racing.per_epoch,
+                              tolerance=tcfg.racing.tolerance)
         return race, {}, config_count(tcfg) * folds  # an upper bound: the race says when it is finished
     return Repeater(searcher, repeat=folds, set_index=True), {}, config_count(tcfg) * folds
 
