@@ -6,7 +6,8 @@ Each script runs in its own process with the bounded invocation of ``BENCHMARKS`
 in benchmarks/ but not listed there runs with its own defaults) and writes
 benchmarks/results/<name>.json. The Markdown table shows every benchmark's latest result file, so
 ``--only`` refreshes some rows and keeps the others; a benchmark without a result is "not run",
-with the reason (script missing, no run directory, failed).
+with the reason (script missing, no run directory, failed). Below the table, each result's own detail
+table, then benchmarks/notes/<name>.md: the hand-written analysis, which a rewrite keeps.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from benchmarks.common import RESULTS, ROOT, machine
 
 DOC = ROOT / "docs" / "benchmarks.md"
 COLLECTED = ROOT / "benchmarks" / "results.json"
+NOTES = ROOT / "benchmarks" / "notes"  # hand-written analysis of a result, <name>.md: kept under its section
 NOT_BENCHMARKS = {"__init__", "common", "run_all", "local_cluster"}
 
 
@@ -156,9 +158,13 @@ def markdown(collected: dict[str, dict]) -> str:
                          f"{machine_text(result.get('machine', {}))} | {result.get('date', '?')} |")
         if entry.get("status") == "failed":
             lines.append(f"| {name} | latest attempt failed: {entry['reason']} | | | | | | |")
-    for name, entry in collected.items():  # a result's own detail table (e.g. every trick) below
-        if entry.get("result", {}).get("table"):
-            lines += ["", f"## {name}", "", entry["result"].get("what", ""), "", *entry["result"]["table"]]
+    for name, entry in collected.items():  # a result's own detail table (e.g. every trick), then its notes, below
+        table, notes = entry.get("result", {}).get("table"), NOTES / f"{name}.md"
+        notes = notes.read_text().strip("\n").split("\n") if notes.is_file() else []
+        if table:
+            lines += ["", f"## {name}", "", entry["result"].get("what", ""), "", *table] + (["", *notes] if notes else [])
+        elif notes:
+            lines += ["", f"## {name}", "", *notes]
     return "\n".join(lines) + "\n"
 
 
